@@ -1,0 +1,3 @@
+from tr_vault.cli import main
+
+main()

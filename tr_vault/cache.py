@@ -1,0 +1,153 @@
+"""The local audio cache: where an upload becomes durable before it is acknowledged.
+
+An upload streams into a temp file under `audio/.incoming/` (same filesystem as its final
+place) while it is hashed and counted. Once the request is accepted the file is fsynced,
+hard-linked to its key path (a link never replaces an existing file, so two recordings with
+the same name can never overwrite each other), the temp name is dropped and the directory is
+fsynced. Only then is the journal row committed and 200 sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+
+import trio
+
+from tr_vault.call import StoredAudio
+
+INCOMING = ".incoming"
+
+
+class TempAudio:
+    """A temp file being written, with its running SHA-256, MD5 and size."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = open(path, "xb")  # noqa: SIM115 - closed in finish()/discard()
+        self._sha256 = hashlib.sha256()
+        self._md5 = hashlib.md5(usedforsecurity=False)
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+        self._sha256.update(data)
+        self._md5.update(data)
+        self.size += len(data)
+
+    @property
+    def sha256(self) -> str:
+        return self._sha256.hexdigest()
+
+    @property
+    def md5(self) -> str:
+        return self._md5.hexdigest()
+
+    def head(self, n: int) -> bytes:
+        """The first `n` bytes written (for sniffing the audio type)."""
+        self._file.flush()
+        with open(self.path, "rb") as f:
+            return f.read(n)
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+    def discard(self) -> None:
+        """Remove the temp file; safe to call twice."""
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+
+class AudioCache:
+    """Audio files under `root`, addressed by their storage key (`system/date/file`)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.incoming = root / INCOMING
+
+    def prepare(self) -> int:
+        """Create the directories and remove temp files a crash left behind; returns how many."""
+        self.incoming.mkdir(parents=True, exist_ok=True)
+        removed = 0
+        for stray in self.incoming.iterdir():
+            if stray.is_file():
+                stray.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    def new_temp(self) -> TempAudio:
+        return TempAudio(self.incoming / f"{secrets.token_hex(8)}.part")
+
+    def path(self, key: str) -> Path:
+        parts = PurePosixPath(key).parts
+        if not parts or any(p in ("", ".", "..") or p.startswith(".") for p in parts):
+            raise ValueError(f"unsafe storage key {key!r}")
+        return self.root.joinpath(*parts)
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize
+
+    async def commit(self, temp: TempAudio, candidates: Sequence[str]) -> StoredAudio:
+        """Make `temp` durable under the first free key of `candidates` (one thread hop)."""
+        temp.close()
+        key = await trio.to_thread.run_sync(self._commit_sync, temp.path, candidates)
+        return StoredAudio(key=key, size=temp.size, sha256=temp.sha256, md5=temp.md5)
+
+    async def move(self, key: str, candidates: Sequence[str]) -> str:
+        """Give a committed file another key (the journal said its key was taken)."""
+        return await trio.to_thread.run_sync(self._commit_sync, self.path(key), candidates)
+
+    async def remove(self, key: str) -> None:
+        await trio.to_thread.run_sync(self._remove_sync, key)
+
+    def _commit_sync(self, source: Path, candidates: Sequence[str]) -> str:
+        fd = os.open(source, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        for key in candidates:
+            target = self.path(key)
+            self._make_dirs(target.parent)
+            try:
+                os.link(source, target)
+            except FileExistsError:
+                continue
+            source.unlink()
+            _fsync_dir(target.parent)
+            if source.parent != target.parent:
+                _fsync_dir(source.parent)
+            return key
+        raise FileExistsError(f"every candidate key is taken: {list(candidates)}")
+
+    def _make_dirs(self, directory: Path) -> None:
+        """mkdir -p, fsyncing each parent whose entry list changed."""
+        missing = []
+        d = directory
+        while not d.exists():
+            missing.append(d)
+            d = d.parent
+        for d in reversed(missing):
+            try:
+                d.mkdir()
+            except FileExistsError:
+                continue
+            _fsync_dir(d.parent)
+
+    def _remove_sync(self, key: str) -> None:
+        path = self.path(key)
+        path.unlink(missing_ok=True)
+        _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

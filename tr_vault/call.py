@@ -1,0 +1,92 @@
+"""A call as tr_vault knows it: what intake validated, and what the journal stores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class CallMeta:
+    """A validated upload's metadata, the same shape whichever protocol brought it."""
+
+    protocol: str
+    system: str
+    system_label: str | None
+    talkgroup: int
+    start_time: float  # Unix seconds, UTC
+    audio_name: str
+    content_type: str
+    talkgroup_label: str | None = None
+    talkgroup_tag: str | None = None
+    talkgroup_group: str | None = None
+    source: int | None = None
+    frequency: int | None = None
+    stop_time: float | None = None
+    duration: float | None = None
+    emergency: bool = False
+    metadata: dict[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()  # what was odd but not refused (e.g. unparsable JSON fields)
+
+    @property
+    def key_system(self) -> str:
+        """The name the storage key files the call under: the short name when known."""
+        return self.system_label or self.system
+
+
+@dataclass(frozen=True)
+class StoredAudio:
+    """The audio of an upload, durable in the cache under `key`."""
+
+    key: str
+    size: int
+    sha256: str
+    md5: str
+
+
+@dataclass(frozen=True)
+class CallRow:
+    """One row of the journal's `calls` table."""
+
+    id: int
+    protocol: str
+    system: str
+    system_label: str | None
+    talkgroup: int
+    talkgroup_label: str | None
+    talkgroup_tag: str | None
+    talkgroup_group: str | None
+    source: int | None
+    frequency: int | None
+    start_time: str
+    stop_time: str | None
+    duration: float | None
+    emergency: int
+    audio_name: str
+    metadata: str
+    key: str
+    content_type: str
+    size: int
+    sha256: str
+    md5: str
+    state: str
+    attempts: int
+    next_attempt_at: str | None
+    claimed_by: str | None
+    claimed_at: str | None
+    last_error: str | None
+    received_at: str
+    uploaded_at: str | None
+    etag: str | None
+    verified_at: str | None
+    cached: int
+    pruned_at: str | None
+
+
+@dataclass(frozen=True)
+class EventRow:
+    id: int
+    call_id: int
+    at: str
+    kind: str
+    detail: str | None

@@ -1,0 +1,188 @@
+"""Settings, read from the environment and an optional `.env` file (real env vars win).
+
+Server-wide settings carry the `TR_VAULT_` prefix. The S3 settings keep the names users
+already know from the seed (`S3_BUCKET`, `S3_ENDPOINT`, ...). Durations accept seconds or
+Go-style strings (`90s`, `30m`, `720h`). `load_settings` turns any mistake into one
+`ConfigError` line that names the variable.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tr_vault.auth import ApiKeys
+from tr_vault.durations import parse_duration
+from tr_vault.errors import ConfigError
+
+ENV_PREFIX = "TR_VAULT_"
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class UploadMode(StrEnum):
+    SYNC = "sync"
+    ASYNC = "async"
+
+
+class StorageMode(StrEnum):
+    LOCAL = "local"  # no bucket: the cache is the archive
+    TIERED = "tiered"  # local cache + S3
+    S3_ONLY = "s3"  # acknowledged once verified in S3; nothing kept locally
+
+
+def _s3(name: str) -> Any:
+    """Field options for an S3 setting that keeps the seed's unprefixed name."""
+    return AliasChoices(name, f"{ENV_PREFIX}{name}")
+
+
+class Settings(BaseSettings):
+    """Every setting, with its default. The README's settings table mirrors this class."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    data_dir: Path = Path("./data")
+    db: Path | None = None
+    listen: str = "127.0.0.1:8080"
+    api_keys: str = ""
+    allow_anonymous: bool = False
+    max_upload_mb: int = Field(64, gt=0)
+    max_inflight_uploads: int = Field(32, gt=0)
+    inflight_wait: Duration = 30.0
+    idle_timeout: Duration = 60.0
+    min_free_mb: int = Field(256, ge=0)
+    shutdown_grace: Duration = 30.0
+    log_level: str = "INFO"
+
+    upload_workers: int = Field(4, ge=1)
+    upload_max_attempts: int = Field(10, ge=1)
+    upload_backoff_max: Duration = 300.0
+    upload_timeout: Duration = 60.0
+    reconcile_interval: Duration = 300.0
+    failed_retry_interval: Duration = 21600.0
+    prune_interval: Duration = 3600.0
+
+    s3_bucket: str = Field("", validation_alias=_s3("S3_BUCKET"))
+    s3_endpoint: str = Field("", validation_alias=_s3("S3_ENDPOINT"))
+    s3_region: str = Field("us-east-1", validation_alias=_s3("S3_REGION"))
+    s3_access_key: str = Field("", validation_alias=_s3("S3_ACCESS_KEY"))
+    s3_secret_key: SecretStr = Field(SecretStr(""), validation_alias=_s3("S3_SECRET_KEY"))
+    s3_prefix: str = Field("", validation_alias=_s3("S3_PREFIX"))
+    s3_presign_expiry: Duration = Field(3600.0, validation_alias=_s3("S3_PRESIGN_EXPIRY"))
+    s3_local_cache: bool = Field(True, validation_alias=_s3("S3_LOCAL_CACHE"))
+    s3_cache_retention: Duration = Field(2592000.0, validation_alias=_s3("S3_CACHE_RETENTION"))
+    s3_cache_max_gb: float = Field(0.0, ge=0, validation_alias=_s3("S3_CACHE_MAX_GB"))
+    s3_upload_mode: UploadMode = Field(UploadMode.ASYNC, validation_alias=_s3("S3_UPLOAD_MODE"))
+    s3_checksum_sha256: bool = Field(False, validation_alias=_s3("S3_CHECKSUM_SHA256"))
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        host, port = split_listen(value)
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port {port} is out of range")
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_api_keys(cls, value: str) -> str:
+        ApiKeys.parse(value)
+        return value
+
+    @field_validator("s3_endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://, e.g. https://s3.example.com")
+        return value
+
+    @field_validator("s3_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        return value.strip("/")
+
+    @property
+    def db_path(self) -> Path:
+        return self.db if self.db is not None else self.data_dir / "vault.db"
+
+    @property
+    def audio_dir(self) -> Path:
+        return self.data_dir / "audio"
+
+    @property
+    def keys(self) -> ApiKeys:
+        return ApiKeys.parse(self.api_keys)
+
+    @property
+    def storage_mode(self) -> StorageMode:
+        if not self.s3_bucket:
+            return StorageMode.LOCAL
+        return StorageMode.TIERED if self.s3_local_cache else StorageMode.S3_ONLY
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return split_listen(self.listen)
+
+    def check_exposure(self) -> None:
+        """Refuse to accept anonymous uploads from the network unless told to."""
+        host, _ = self.host_port
+        if not self.keys and not is_loopback(host) and not self.allow_anonymous:
+            raise ConfigError(
+                f"{ENV_PREFIX}API_KEYS: no API key is set and {ENV_PREFIX}LISTEN={self.listen} is "
+                f"not loopback; set {ENV_PREFIX}API_KEYS or {ENV_PREFIX}ALLOW_ANONYMOUS=true"
+            )
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` into its parts."""
+    host, sep, port = value.strip().rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"{value!r} is not host:port (e.g. 127.0.0.1:8080 or 0.0.0.0:8080)")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _env_name(loc: tuple[int | str, ...]) -> str:
+    name = str(loc[0]) if loc else "?"
+    if name.isupper():
+        return name
+    return f"{ENV_PREFIX}{name.upper()}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from env and `.env`, or a `ConfigError` naming the variable and the fix."""
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            message = str(err["msg"]).removeprefix("Value error, ")
+            problems.append(f"{_env_name(err['loc'])}: {message}")
+        raise ConfigError("; ".join(problems)) from None
+    except ValueError as exc:  # pydantic-settings' own parse errors
+        raise ConfigError(str(exc)) from None
+    settings.check_exposure()
+    return settings

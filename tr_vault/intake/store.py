@@ -1,0 +1,89 @@
+"""From a validated upload to a durable call: cache file committed, then the journal row.
+
+The order is the promise: fsync the file, link it under its key, fsync the directory, commit
+the row; only then may the caller answer 200. The step runs shielded from cancellation, so a
+client that hangs up mid-way still leaves a whole call (its resend is then a duplicate).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import trio
+
+from tr_vault.cache import AudioCache, TempAudio
+from tr_vault.call import CallMeta
+from tr_vault.intake.fields import safe_name
+from tr_vault.journal import Duplicate, Inserted, Journal, KeyTaken
+from tr_vault.timefmt import utc_date
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    call_id: int
+    key: str
+    duplicate: bool
+
+
+def key_candidates(meta: CallMeta, sha256: str) -> list[str]:
+    """`{system}/{YYYY-MM-DD}/{file}`, then names made unique by the audio's hash.
+
+    Two recorders covering one system can send different audio under one name: the second
+    gets `{stem}-{sha12}{ext}`, so nothing is ever overwritten.
+    """
+    folder = f"{safe_name(meta.key_system, 'system')}/{utc_date(meta.start_time)}"
+    name = PurePosixPath(meta.audio_name)
+    stem, ext = name.stem, name.suffix
+    tag = sha256[:12]
+    names = [name.name, f"{stem}-{tag}{ext}"] + [f"{stem}-{tag}-{n}{ext}" for n in range(2, 6)]
+    return [f"{folder}/{n}" for n in names]
+
+
+class Intake:
+    """Stores validated uploads. `on_stored` is told each new call id (wakes the uploaders)."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        cache: AudioCache,
+        *,
+        initial_state: str,
+        on_stored: Callable[[int], None] | None = None,
+    ) -> None:
+        self.journal = journal
+        self.cache = cache
+        self.initial_state = initial_state
+        self.on_stored = on_stored
+
+    async def store(self, meta: CallMeta, temp: TempAudio) -> Accepted:
+        with trio.CancelScope(shield=True):
+            return await self._store(meta, temp)
+
+    async def _store(self, meta: CallMeta, temp: TempAudio) -> Accepted:
+        candidates = key_candidates(meta, temp.sha256)
+        audio = await self.cache.commit(temp, candidates)
+        detail = json.dumps({"protocol": meta.protocol, "notes": list(meta.notes)} if meta.notes
+                            else {"protocol": meta.protocol})  # fmt: skip
+        while True:
+            result = await self.journal.insert_call(
+                meta, audio, state=self.initial_state, event_detail=detail
+            )
+            if isinstance(result, Inserted):
+                log.info("stored call_id=%d key=%s size=%d", result.call_id, audio.key, audio.size)
+                if self.on_stored is not None:
+                    self.on_stored(result.call_id)
+                return Accepted(result.call_id, audio.key, duplicate=False)
+            if isinstance(result, Duplicate):
+                await self.cache.remove(audio.key)
+                log.info("duplicate call_id=%d key=%s", result.call_id, result.key)
+                return Accepted(result.call_id, result.key, duplicate=True)
+            assert isinstance(result, KeyTaken)
+            rest = candidates[candidates.index(audio.key) + 1 :]
+            audio = dataclasses.replace(audio, key=await self.cache.move(audio.key, rest))

@@ -1,0 +1,21 @@
+"""What the HTTP routes need, passed in explicitly (no globals, no `current_app` lookups)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import trio
+
+from tr_vault.cache import AudioCache
+from tr_vault.config import Settings
+from tr_vault.intake.store import Intake
+from tr_vault.journal import Journal
+
+
+@dataclass
+class WebContext:
+    settings: Settings
+    journal: Journal
+    cache: AudioCache
+    intake: Intake
+    upload_slots: trio.CapacityLimiter
