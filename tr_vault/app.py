@@ -50,7 +50,7 @@ async def serve(
 
     `task_status.started` receives the bound URLs once the server accepts connections.
     """
-    shutdown = shutdown or trio.Event()
+    shutdown = shutdown if shutdown is not None else trio.Event()
     journal = await Journal.open(settings.db_path, clock=clock)
     try:
         cache = AudioCache(settings.audio_dir)
@@ -75,7 +75,7 @@ async def serve(
             async def run_http(*, task_status: trio.TaskStatus[list[str]]) -> None:
                 try:
                     await hypercorn_serve(
-                        asgi,  # type: ignore[arg-type]
+                        asgi,
                         hypercorn_config(settings),
                         shutdown_trigger=shutdown.wait,
                         task_status=task_status,

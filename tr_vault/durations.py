@@ -31,7 +31,8 @@ def parse_duration(value: str | float | int) -> float:
                 pos = match.end()
             if pos != len(text) or not text:
                 raise ValueError(
-                    f"{value!r} is not a duration: use seconds (300) or Go style (90s, 30m, 720h, 1h30m)"
+                    f"{value!r} is not a duration: use seconds (300)"
+                    " or Go style (90s, 30m, 720h, 1h30m)"
                 ) from None
     if seconds < 0:
         raise ValueError(f"{value!r}: a duration cannot be negative")

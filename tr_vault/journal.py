@@ -247,7 +247,10 @@ class Journal:
         return await self._run(read)
 
     async def count_calls(self) -> int:
-        return await self._run(lambda conn: conn.execute("SELECT count(*) FROM calls").fetchone()[0])
+        def read(conn: sqlite3.Connection) -> int:
+            return int(conn.execute("SELECT count(*) FROM calls").fetchone()[0])
+
+        return await self._run(read)
 
     async def check_writable(self) -> None:
         """Take and release the write lock: proves the journal can commit right now."""

@@ -90,7 +90,7 @@ def optional_json(name: str, value: str | None, notes: list[str]) -> Any:
         return None
     try:
         return json.loads(value)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         notes.append(f"{name}: not valid JSON ({exc.msg} at char {exc.pos}); raw text kept")
         return value
 

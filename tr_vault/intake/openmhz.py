@@ -53,7 +53,9 @@ def upload(system: str, form: UploadForm, keys: ApiKeys) -> CallMeta:
         raise IntakeError(400, "Missing audio: the 'call' file part is empty\n")
     talkgroup = f.positive_int(form.get("talkgroup_num"))
     if talkgroup is None:
-        raise IntakeError(400, "Missing or invalid 'talkgroup_num': a talkgroup id > 0 is required\n")
+        raise IntakeError(
+            400, "Missing or invalid 'talkgroup_num': a talkgroup id > 0 is required\n"
+        )
     start = f.unix_or_rfc3339(form.get("start_time"))
     if start is None:
         raise IntakeError(400, "Missing or invalid 'start_time': Unix seconds are required\n")

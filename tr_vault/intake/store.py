@@ -64,7 +64,8 @@ class Intake:
 
     async def store(self, meta: CallMeta, temp: TempAudio) -> Accepted:
         with trio.CancelScope(shield=True):
-            return await self._store(meta, temp)
+            accepted = await self._store(meta, temp)
+        return accepted
 
     async def _store(self, meta: CallMeta, temp: TempAudio) -> Accepted:
         candidates = key_candidates(meta, temp.sha256)

@@ -49,5 +49,5 @@ class CollapseSlashes:
     ) -> None:
         if scope["type"] == "http" and "//" in scope["path"]:
             path = _SLASHES.sub("/", scope["path"])
-            scope = {**scope, "path": path, "raw_path": path.encode()}  # type: ignore[typeddict-item]
+            scope = {**scope, "path": path, "raw_path": path.encode()}
         await self.app(scope, receive, send)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import trio
 from quart import Blueprint, Response, jsonify
@@ -36,11 +37,11 @@ def health_blueprint(ctx: WebContext) -> Blueprint:
     return bp
 
 
-def _probe_dir(directory: os.PathLike[str]) -> None:
-    path = os.path.join(directory, ".ready-probe")
+def _probe_dir(directory: Path) -> None:
+    path = directory / ".ready-probe"
     fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
     try:
         os.write(fd, b"ok")
     finally:
         os.close(fd)
-        os.unlink(path)
+        path.unlink()

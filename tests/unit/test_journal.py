@@ -1,0 +1,47 @@
+"""The journal's schema: migrations apply once, pragmas hold, events are append-only."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tr_vault.journal import connect, migrate, migration_files
+
+
+def test_migrations_apply_in_order_and_a_second_run_does_nothing(tmp_path: Path) -> None:
+    conn = connect(tmp_path / "vault.db")
+    applied = migrate(conn)
+    assert applied == [n for n, _ in migration_files()]
+    assert applied[0] == 1
+    assert migrate(conn) == []
+    versions = [r[0] for r in conn.execute("SELECT version FROM schema_migrations")]
+    assert versions == applied
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+
+
+def test_events_are_append_only(tmp_path: Path) -> None:
+    conn = connect(tmp_path / "vault.db")
+    migrate(conn)
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute(
+            "INSERT INTO events (call_id, at, kind) VALUES (42, '2026-01-01 00:00:00.000', 'x')"
+        )  # no such call: foreign keys are on
+    conn.execute(
+        "INSERT INTO calls (protocol, system, talkgroup, start_time, audio_name, metadata, key,"
+        " content_type, size, sha256, md5, state, received_at) VALUES ('rdio', '1', 1,"
+        " '2026-01-01 00:00:00.000', 'a.m4a', '{}', '1/2026-01-01/a.m4a', 'audio/mp4', 1, 's',"
+        " 'm', 'done', '2026-01-01 00:00:00.000')"
+    )
+    conn.execute(
+        "INSERT INTO events (call_id, at, kind) VALUES (1, '2026-01-01 00:00:00.000', 'x')"
+    )
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute("UPDATE events SET kind = 'y'")
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute("DELETE FROM events")
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute("UPDATE calls SET state = 'lost'")
