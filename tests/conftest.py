@@ -16,6 +16,9 @@ from tests.wire import Part, multipart
 from tr_vault.app import serve
 from tr_vault.config import Settings
 
+# S3 test servers (moto, SeaweedFS) live in their own plugin module.
+pytest_plugins = ["tests.s3_fixtures"]
+
 API_KEYS = "tr-key,omhz-key:metro|11,other-key:99"
 
 
