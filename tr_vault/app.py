@@ -8,7 +8,9 @@ services, close the journal.
 from __future__ import annotations
 
 import logging
+import secrets
 import signal
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import trio
@@ -17,8 +19,12 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from tr_vault.cache import AudioCache
 from tr_vault.config import Settings, StorageMode
+from tr_vault.errors import ConfigError, StoragePermanent, StorageUnavailable
 from tr_vault.intake.store import Intake
 from tr_vault.journal import Journal
+from tr_vault.services.reconciler import run_reconciler
+from tr_vault.services.uploader import Uploader, UploadPolicy
+from tr_vault.storage.base import ObjectStore
 from tr_vault.timefmt import WallClock, system_clock
 from tr_vault.web.app import CollapseSlashes, create_app
 from tr_vault.web.context import WebContext
@@ -38,27 +44,80 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
     return config
 
 
+STARTUP_CHECK_TIMEOUT = 5.0
+
+
+def open_store(settings: Settings) -> ObjectStore | None:
+    """The configured object store, or None in local-only mode."""
+    if settings.storage_mode is StorageMode.LOCAL:
+        return None
+    from tr_vault.storage.s3 import S3Store
+
+    return S3Store.from_settings(settings)
+
+
+def upload_policy(settings: Settings) -> UploadPolicy:
+    return UploadPolicy(
+        workers=settings.upload_workers,
+        max_attempts=settings.upload_max_attempts,
+        backoff_base=settings.upload_backoff_base,
+        backoff_max=settings.upload_backoff_max,
+        timeout=settings.upload_timeout,
+        failed_retry_interval=settings.failed_retry_interval,
+        verify_etag=settings.s3_verify_etag,
+        evict_after_upload=settings.storage_mode is StorageMode.S3_ONLY,
+    )
+
+
+async def check_store(store: ObjectStore, settings: Settings) -> None:
+    """Bad credentials or a missing bucket stop start-up; an unreachable store only warns."""
+    try:
+        with trio.fail_after(STARTUP_CHECK_TIMEOUT):
+            await store.check()
+    except StoragePermanent as exc:
+        raise ConfigError(f"S3_BUCKET={settings.s3_bucket}: {exc}") from None
+    except (StorageUnavailable, trio.TooSlowError) as exc:
+        log.warning(
+            "S3 is unreachable at start (%s): calls keep landing in the cache and are"
+            " uploaded once it is back",
+            exc or "timeout",
+        )
+
+
 async def serve(
     settings: Settings,
     *,
     shutdown: trio.Event | None = None,
     clock: WallClock = system_clock,
+    store: ObjectStore | None = None,
     handle_signals: bool = False,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run tr_vault until `shutdown` is set (or SIGINT/SIGTERM with `handle_signals`).
 
     `task_status.started` receives the bound URLs once the server accepts connections.
+    `store` overrides the store the settings describe (tests use it).
     """
     shutdown = shutdown if shutdown is not None else trio.Event()
+    run_id = secrets.token_hex(4)  # claims by workers of this run are `{run_id}:w{n}`
+    if store is None:
+        store = open_store(settings)
     journal = await Journal.open(settings.db_path, clock=clock)
     try:
         cache = AudioCache(settings.audio_dir)
         stray = await trio.to_thread.run_sync(cache.prepare)
         if stray:
             log.warning("removed %d temp file(s) left by an interrupted upload", stray)
-        initial_state = "done" if settings.storage_mode is StorageMode.LOCAL else "pending"
-        intake = Intake(journal, cache, initial_state=initial_state)
+        uploader = None
+        if store is not None:
+            await check_store(store, settings)
+            uploader = Uploader(journal, cache, store, upload_policy(settings), run_id=run_id)
+        intake = Intake(
+            journal,
+            cache,
+            initial_state="pending" if uploader else "done",
+            on_stored=_after_store(uploader, sync=settings.sync_upload),
+        )
         ctx = WebContext(
             settings=settings,
             journal=journal,
@@ -70,6 +129,27 @@ async def serve(
         async with trio.open_nursery() as nursery:
             if handle_signals:
                 nursery.start_soon(_stop_on_signal, shutdown)
+            uploads_done = trio.Event()
+            if uploader is not None:
+                await nursery.start(
+                    partial(
+                        run_reconciler,
+                        journal,
+                        run_id=run_id,
+                        interval=settings.reconcile_interval,
+                        wake=uploader.wake,
+                    )
+                )
+
+                async def run_uploads(*, task_status: trio.TaskStatus[None]) -> None:
+                    try:
+                        await uploader.run(task_status=task_status)
+                    finally:
+                        uploads_done.set()
+
+                await nursery.start(run_uploads)
+            else:
+                uploads_done.set()
             http_done = trio.Event()
 
             async def run_http(*, task_status: trio.TaskStatus[list[str]]) -> None:
@@ -92,11 +172,32 @@ async def serve(
             )
             task_status.started(binds)
             await http_done.wait()
+            # Intake is closed; uploads in hand get the grace period, the rest stay pending.
+            if uploader is not None:
+                uploader.stop()
+            with trio.move_on_after(settings.shutdown_grace):
+                await uploads_done.wait()
             nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
+            if store is not None:
+                await store.aclose()
             await journal.close()
         log.info("tr_vault stopped")
+
+
+def _after_store(
+    uploader: Uploader | None, *, sync: bool
+) -> Callable[[int], Awaitable[object]] | None:
+    if uploader is None:
+        return None
+    if sync:
+        return uploader.upload_now
+
+    async def wake(call_id: int) -> None:
+        uploader.wake()
+
+    return wake
 
 
 async def _stop_on_signal(shutdown: trio.Event) -> None:

@@ -90,3 +90,16 @@ class EventRow:
     at: str
     kind: str
     detail: str | None
+
+
+@dataclass(frozen=True)
+class UploadJob:
+    """A pending call a worker has claimed: what it needs to upload and verify it."""
+
+    id: int
+    key: str
+    size: int
+    sha256: str
+    md5: str
+    content_type: str
+    attempts: int

@@ -64,5 +64,21 @@ def status(as_json: bool) -> None:
     print_status(_settings(), as_json=as_json)
 
 
+@main.command()
+@click.option("--failed", "all_failed", is_flag=True, help="Re-queue every failed call.")
+@click.option("--id", "call_ids", type=int, multiple=True, help="Re-queue this call (repeatable).")
+def retry(all_failed: bool, call_ids: tuple[int, ...]) -> None:
+    """Put failed calls back in the upload queue with a fresh set of attempts.
+
+    A running server picks them up within 30 seconds.
+    """
+    from tr_vault.report import retry_calls
+
+    if all_failed == bool(call_ids):
+        raise click.UsageError("give either --failed or one or more --id N")
+    ids = retry_calls(_settings(), None if all_failed else list(call_ids))
+    click.echo(f"re-queued {len(ids)} call(s)" + (f": {', '.join(map(str, ids))}" if ids else ""))
+
+
 if __name__ == "__main__":
     main()

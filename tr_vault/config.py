@@ -73,6 +73,7 @@ class Settings(BaseSettings):
 
     upload_workers: int = Field(4, ge=1)
     upload_max_attempts: int = Field(10, ge=1)
+    upload_backoff_base: Duration = 2.0
     upload_backoff_max: Duration = 300.0
     upload_timeout: Duration = 60.0
     reconcile_interval: Duration = 300.0
@@ -91,6 +92,8 @@ class Settings(BaseSettings):
     s3_cache_max_gb: float = Field(0.0, ge=0, validation_alias=_s3("S3_CACHE_MAX_GB"))
     s3_upload_mode: UploadMode = Field(UploadMode.ASYNC, validation_alias=_s3("S3_UPLOAD_MODE"))
     s3_checksum_sha256: bool = Field(False, validation_alias=_s3("S3_CHECKSUM_SHA256"))
+    s3_verify_etag: bool = Field(True, validation_alias=_s3("S3_VERIFY_ETAG"))
+    s3_presign_endpoint: str = Field("", validation_alias=_s3("S3_PRESIGN_ENDPOINT"))
 
     @field_validator("listen")
     @classmethod
@@ -106,7 +109,7 @@ class Settings(BaseSettings):
         ApiKeys.parse(value)
         return value
 
-    @field_validator("s3_endpoint")
+    @field_validator("s3_endpoint", "s3_presign_endpoint")
     @classmethod
     def _check_endpoint(cls, value: str) -> str:
         value = value.strip().rstrip("/")
@@ -136,6 +139,14 @@ class Settings(BaseSettings):
         if not self.s3_bucket:
             return StorageMode.LOCAL
         return StorageMode.TIERED if self.s3_local_cache else StorageMode.S3_ONLY
+
+    @property
+    def sync_upload(self) -> bool:
+        """Intake waits for the verified upload before answering (always so in S3-only mode)."""
+        mode = self.storage_mode
+        return mode is StorageMode.S3_ONLY or (
+            mode is StorageMode.TIERED and self.s3_upload_mode is UploadMode.SYNC
+        )
 
     @property
     def max_upload_bytes(self) -> int:

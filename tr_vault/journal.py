@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
 
-from tr_vault.call import CallMeta, CallRow, EventRow, StoredAudio
+from tr_vault.call import CallMeta, CallRow, EventRow, StoredAudio, UploadJob
 from tr_vault.errors import JournalError
-from tr_vault.timefmt import WallClock, system_clock, to_db
+from tr_vault.timefmt import WallClock, from_db, system_clock, to_db
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -48,6 +49,24 @@ class KeyTaken:
 
 
 InsertResult = Inserted | Duplicate | KeyTaken
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a worker's claim found: a job, or how long until the next row falls due."""
+
+    job: UploadJob | None
+    next_due_in: float | None  # seconds; None when nothing is pending at all
+
+
+@dataclass(frozen=True)
+class Requeued:
+    interrupted: int
+    failed: int
+
+    @property
+    def total(self) -> int:
+        return self.interrupted + self.failed
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -227,6 +246,55 @@ class Journal:
 
         return await self._run(txn)
 
+    # -- upload workers ------------------------------------------------------------------
+
+    async def claim_next(self, worker: str, call_id: int | None = None) -> Claim:
+        now = self.clock()
+        return await self._run(lambda conn: claim_next(conn, worker, now, call_id))
+
+    async def upload_done(
+        self, call_id: int, worker: str, etag: str | None, *, evict: bool
+    ) -> None:
+        now = self.clock()
+        await self._run(lambda conn: upload_done(conn, call_id, worker, now, etag, evict))
+
+    async def upload_failed(
+        self,
+        call_id: int,
+        worker: str,
+        error: str,
+        *,
+        permanent: bool,
+        max_attempts: int,
+        retry_in: float,
+        failed_retry_in: float,
+    ) -> str:
+        now = self.clock()
+        return await self._run(
+            lambda conn: upload_failed(
+                conn,
+                call_id,
+                worker,
+                now,
+                error,
+                permanent=permanent,
+                max_attempts=max_attempts,
+                retry_in=retry_in,
+                failed_retry_in=failed_retry_in,
+            )
+        )
+
+    async def release(self, call_id: int, worker: str) -> None:
+        await self._run(lambda conn: release(conn, call_id, worker))
+
+    async def requeue(self, run_id: str) -> Requeued:
+        now = self.clock()
+        return await self._run(lambda conn: requeue(conn, run_id, now))
+
+    async def retry(self, call_ids: Sequence[int] | None = None) -> list[int]:
+        now = self.clock()
+        return await self._run(lambda conn: retry(conn, now, call_ids))
+
     # -- reads ---------------------------------------------------------------------------
 
     async def get_call(self, call_id: int) -> CallRow | None:
@@ -275,3 +343,206 @@ def _event(conn: sqlite3.Connection, call_id: int, at: str, kind: str, detail: s
         "INSERT INTO events (call_id, at, kind, detail) VALUES (?, ?, ?, ?)",
         (call_id, at, kind, detail),
     )
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+_JOB_COLUMNS = "id, key, size, sha256, md5, content_type, attempts"
+
+
+def _job(row: sqlite3.Row) -> UploadJob:
+    return UploadJob(**dict(row))
+
+
+def claim_next(conn: sqlite3.Connection, worker: str, now: float, call_id: int | None) -> Claim:
+    """Claim the oldest due pending row (or `call_id` if it is pending and unclaimed)."""
+    at = to_db(now)
+    with transaction(conn):
+        if call_id is None:
+            row = conn.execute(
+                f"SELECT {_JOB_COLUMNS} FROM calls WHERE state = 'pending'"
+                " AND next_attempt_at <= ? AND claimed_by IS NULL"
+                " ORDER BY next_attempt_at, id LIMIT 1",
+                (at,),
+            ).fetchone()
+        else:
+            row = conn.execute(
+                f"SELECT {_JOB_COLUMNS} FROM calls WHERE id = ? AND state = 'pending'"
+                " AND claimed_by IS NULL",
+                (call_id,),
+            ).fetchone()
+        if row is None:
+            nxt = conn.execute(
+                "SELECT min(next_attempt_at) FROM calls WHERE state = 'pending'"
+                " AND claimed_by IS NULL"
+            ).fetchone()[0]
+            wait = None if nxt is None else max(0.0, from_db(nxt) - now)
+            return Claim(None, wait)
+        conn.execute(
+            "UPDATE calls SET claimed_by = ?, claimed_at = ? WHERE id = ?", (worker, at, row["id"])
+        )
+        return Claim(_job(row), 0.0)
+
+
+def requeue(
+    conn: sqlite3.Connection, run_id: str, now: float, *, failed_too: bool = True
+) -> Requeued:
+    """Re-queue rows claimed by a run that is gone, and failed rows whose rest is over."""
+    at = to_db(now)
+    with transaction(conn):
+        stale = [
+            r[0]
+            for r in conn.execute(
+                "SELECT id FROM calls WHERE state = 'pending' AND claimed_by IS NOT NULL"
+                " AND claimed_by NOT LIKE ? || ':%'",
+                (run_id,),
+            )
+        ]
+        for call_id in stale:
+            conn.execute(
+                "UPDATE calls SET claimed_by = NULL, claimed_at = NULL, next_attempt_at = ?"
+                " WHERE id = ?",
+                (at, call_id),
+            )
+            _event(conn, call_id, at, "requeued", "upload was interrupted (worker gone)")
+        failed: list[int] = []
+        if failed_too:
+            failed = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM calls WHERE state = 'failed' AND next_attempt_at <= ?", (at,)
+                )
+            ]
+            for call_id in failed:
+                conn.execute(
+                    "UPDATE calls SET state = 'pending', next_attempt_at = ? WHERE id = ?",
+                    (at, call_id),
+                )
+                _event(conn, call_id, at, "requeued", "failed upload retried on schedule")
+    return Requeued(len(stale), len(failed))
+
+
+def retry(conn: sqlite3.Connection, now: float, call_ids: Sequence[int] | None) -> list[int]:
+    """An operator's retry: failed rows (all, or `call_ids`) back to pending, attempts reset."""
+    at = to_db(now)
+    with transaction(conn):
+        if call_ids is None:
+            ids = [r[0] for r in conn.execute("SELECT id FROM calls WHERE state = 'failed'")]
+        else:
+            marks = ",".join("?" * len(call_ids))
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    f"SELECT id FROM calls WHERE id IN ({marks})"
+                    " AND state IN ('failed', 'pending')",
+                    tuple(call_ids),
+                )
+            ]
+        for call_id in ids:
+            conn.execute(
+                "UPDATE calls SET state = 'pending', attempts = 0, next_attempt_at = ?,"
+                " claimed_by = NULL, claimed_at = NULL WHERE id = ?",
+                (at, call_id),
+            )
+            _event(conn, call_id, at, "requeued", "retry requested by operator")
+    return ids
+
+
+def upload_done(
+    conn: sqlite3.Connection, call_id: int, worker: str, now: float, etag: str | None, evict: bool
+) -> None:
+    at = to_db(now)
+    with transaction(conn):
+        conn.execute(
+            "UPDATE calls SET state = 'done', attempts = attempts + 1, etag = ?, uploaded_at = ?,"
+            " verified_at = ?, last_error = NULL, next_attempt_at = NULL, claimed_by = NULL,"
+            " claimed_at = NULL WHERE id = ? AND claimed_by = ?",
+            (etag, at, at, call_id, worker),
+        )
+        _event(conn, call_id, at, "upload_ok", json.dumps({"etag": etag}))
+        _event(conn, call_id, at, "verified", "size and sha256 match")
+        if evict:
+            conn.execute("UPDATE calls SET cached = 0, pruned_at = ? WHERE id = ?", (at, call_id))
+            _event(conn, call_id, at, "uncached", "S3-only mode: local copy removed")
+
+
+def upload_failed(
+    conn: sqlite3.Connection,
+    call_id: int,
+    worker: str,
+    now: float,
+    error: str,
+    *,
+    permanent: bool,
+    max_attempts: int,
+    retry_in: float,
+    failed_retry_in: float,
+) -> str:
+    """Record a failed attempt; returns the row's new state (`pending` or `failed`)."""
+    at = to_db(now)
+    with transaction(conn):
+        row = conn.execute(
+            "SELECT attempts FROM calls WHERE id = ? AND claimed_by = ?", (call_id, worker)
+        ).fetchone()
+        if row is None:
+            return "pending"  # claim lost (operator retry meanwhile): leave the row alone
+        attempts = row[0] + 1
+        give_up = permanent or attempts >= max_attempts
+        state = "failed" if give_up else "pending"
+        due = to_db(now + (failed_retry_in if give_up else retry_in))
+        conn.execute(
+            "UPDATE calls SET state = ?, attempts = ?, last_error = ?, next_attempt_at = ?,"
+            " claimed_by = NULL, claimed_at = NULL WHERE id = ?",
+            (state, attempts, error, due, call_id),
+        )
+        _event(conn, call_id, at, "upload_error", error)
+        if give_up:
+            why = "permanent error" if permanent else f"{attempts} attempts"
+            _event(conn, call_id, at, "failed", f"{why}: {error}")
+    return state
+
+
+def release(conn: sqlite3.Connection, call_id: int, worker: str) -> None:
+    """Give a claim back untouched (the upload was cancelled by shutdown)."""
+    with transaction(conn):
+        conn.execute(
+            "UPDATE calls SET claimed_by = NULL, claimed_at = NULL WHERE id = ? AND claimed_by = ?",
+            (call_id, worker),
+        )
+
+
+def status_summary(conn: sqlite3.Connection) -> dict[str, Any]:
+    states = {
+        row["state"]: {"calls": row["n"], "bytes": row["bytes"]}
+        for row in conn.execute(
+            "SELECT state, count(*) AS n, coalesce(sum(size), 0) AS bytes FROM calls GROUP BY state"
+        )
+    }
+    for state in ("pending", "done", "failed"):
+        states.setdefault(state, {"calls": 0, "bytes": 0})
+    oldest = conn.execute(
+        "SELECT id, received_at FROM calls WHERE state = 'pending' ORDER BY received_at, id LIMIT 1"
+    ).fetchone()
+    last_error = conn.execute(
+        "SELECT id, last_error, received_at FROM calls WHERE last_error IS NOT NULL"
+        " ORDER BY coalesce(claimed_at, received_at) DESC, id DESC LIMIT 1"
+    ).fetchone()
+    cached = conn.execute(
+        "SELECT count(*), coalesce(sum(size), 0) FROM calls WHERE cached = 1"
+    ).fetchone()
+    return {
+        "states": states,
+        "oldest_pending": dict(oldest) if oldest else None,
+        "last_error": dict(last_error) if last_error else None,
+        "cached": {"calls": cached[0], "bytes": cached[1]},
+    }

@@ -4,46 +4,32 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Any
 
 import click
 
 from tr_vault.config import Settings
-from tr_vault.journal import connect
+from tr_vault.journal import connect, retry, status_summary
+from tr_vault.timefmt import system_clock
 
 
-def status_summary(conn: sqlite3.Connection) -> dict[str, Any]:
-    states = {
-        row["state"]: {"calls": row["n"], "bytes": row["bytes"]}
-        for row in conn.execute(
-            "SELECT state, count(*) AS n, coalesce(sum(size), 0) AS bytes FROM calls GROUP BY state"
-        )
-    }
-    for state in ("pending", "done", "failed"):
-        states.setdefault(state, {"calls": 0, "bytes": 0})
-    oldest = conn.execute(
-        "SELECT id, received_at FROM calls WHERE state = 'pending' ORDER BY received_at, id LIMIT 1"
-    ).fetchone()
-    last_error = conn.execute(
-        "SELECT id, last_error, received_at FROM calls WHERE last_error IS NOT NULL"
-        " ORDER BY coalesce(claimed_at, received_at) DESC, id DESC LIMIT 1"
-    ).fetchone()
-    cached = conn.execute(
-        "SELECT count(*), coalesce(sum(size), 0) FROM calls WHERE cached = 1"
-    ).fetchone()
-    return {
-        "states": states,
-        "oldest_pending": dict(oldest) if oldest else None,
-        "last_error": dict(last_error) if last_error else None,
-        "cached": {"calls": cached[0], "bytes": cached[1]},
-    }
+def _open(settings: Settings, *, readonly: bool) -> sqlite3.Connection:
+    path = settings.db_path
+    if not path.exists():
+        raise click.ClickException(f"no journal at {path} (TR_VAULT_DB / TR_VAULT_DATA_DIR)")
+    return connect(path, readonly=readonly)
+
+
+def retry_calls(settings: Settings, call_ids: list[int] | None) -> list[int]:
+    conn = _open(settings, readonly=False)
+    try:
+        return retry(conn, system_clock(), call_ids)
+    finally:
+        conn.close()
 
 
 def print_status(settings: Settings, *, as_json: bool) -> None:
     path = settings.db_path
-    if not path.exists():
-        raise click.ClickException(f"no journal at {path} (TR_VAULT_DB / TR_VAULT_DATA_DIR)")
-    conn = connect(path, readonly=True)
+    conn = _open(settings, readonly=True)
     try:
         summary = status_summary(conn)
     finally:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -47,7 +47,11 @@ def key_candidates(meta: CallMeta, sha256: str) -> list[str]:
 
 
 class Intake:
-    """Stores validated uploads. `on_stored` is told each new call id (wakes the uploaders)."""
+    """Stores validated uploads.
+
+    `on_stored` is awaited with each new call id after its row is committed: it wakes the
+    upload workers, or (sync mode) uploads the call before the answer goes out.
+    """
 
     def __init__(
         self,
@@ -55,7 +59,7 @@ class Intake:
         cache: AudioCache,
         *,
         initial_state: str,
-        on_stored: Callable[[int], None] | None = None,
+        on_stored: Callable[[int], Awaitable[object]] | None = None,
     ) -> None:
         self.journal = journal
         self.cache = cache
@@ -65,6 +69,8 @@ class Intake:
     async def store(self, meta: CallMeta, temp: TempAudio) -> Accepted:
         with trio.CancelScope(shield=True):
             accepted = await self._store(meta, temp)
+        if self.on_stored is not None and not accepted.duplicate:
+            await self.on_stored(accepted.call_id)
         return accepted
 
     async def _store(self, meta: CallMeta, temp: TempAudio) -> Accepted:
@@ -78,8 +84,6 @@ class Intake:
             )
             if isinstance(result, Inserted):
                 log.info("stored call_id=%d key=%s size=%d", result.call_id, audio.key, audio.size)
-                if self.on_stored is not None:
-                    self.on_stored(result.call_id)
                 return Accepted(result.call_id, audio.key, duplicate=False)
             if isinstance(result, Duplicate):
                 await self.cache.remove(audio.key)

@@ -1,0 +1,57 @@
+"""Building blocks for tests of the background loops: a journal, a cache and calls in them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from tr_vault.cache import AudioCache
+from tr_vault.call import CallMeta
+from tr_vault.intake.store import Accepted, Intake
+from tr_vault.journal import Journal
+
+BASE_WALL = 1_764_000_000.0
+
+
+def virtual_wall_clock() -> float:
+    """Wall time that moves with trio's (mock) clock."""
+    return BASE_WALL + trio.current_time()
+
+
+@dataclass
+class Bench:
+    journal: Journal
+    cache: AudioCache
+    intake: Intake
+
+    async def add_call(self, data: bytes, n: int, *, system: str = "metro") -> Accepted:
+        temp = self.cache.new_temp()
+        temp.write(data)
+        meta = CallMeta(
+            protocol="rdio",
+            system=system,
+            system_label=system,
+            talkgroup=9131,
+            start_time=1764001234 + n,
+            audio_name=f"9131-{1764001234 + n}.m4a",
+            content_type="audio/mp4",
+        )
+        return await self.intake.store(meta, temp)
+
+    def rows(self, sql: str, *params: object) -> list[tuple[object, ...]]:
+        import sqlite3
+
+        conn = sqlite3.connect(self.journal.path)
+        try:
+            return list(conn.execute(sql, params))
+        finally:
+            conn.close()
+
+
+async def open_bench(tmp_path: Path, *, state: str = "pending") -> Bench:
+    journal = await Journal.open(tmp_path / "vault.db", clock=virtual_wall_clock)
+    cache = AudioCache(tmp_path / "audio")
+    cache.prepare()
+    return Bench(journal, cache, Intake(journal, cache, initial_state=state))

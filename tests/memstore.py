@@ -1,0 +1,94 @@
+"""An in-memory ObjectStore fake for testing the loops' logic (never our S3 client)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from tr_vault.errors import ObjectNotFound, StorageError
+from tr_vault.storage.base import ObjectInfo, PutResult
+
+
+@dataclass
+class Stored:
+    data: bytes
+    sha256: str
+    content_type: str
+
+
+@dataclass
+class MemoryStore:
+    """Objects in a dict; `faults` is a queue of errors the next operations raise."""
+
+    objects: dict[str, Stored] = field(default_factory=dict)
+    faults: deque[tuple[str, StorageError]] = field(default_factory=deque)
+    puts: list[tuple[str, float]] = field(default_factory=list)  # (key, trio time)
+    heads: list[tuple[str, float]] = field(default_factory=list)
+    put_delay: float = 0.0
+
+    def fail(self, op: str, error: StorageError, times: int = 1) -> None:
+        for _ in range(times):
+            self.faults.append((op, error))
+
+    def _fault(self, op: str) -> None:
+        if self.faults and self.faults[0][0] == op:
+            raise self.faults.popleft()[1]
+
+    async def check(self) -> None:
+        await trio.lowlevel.checkpoint()
+        self._fault("check")
+
+    async def put_file(
+        self, key: str, path: Path, *, size: int, md5_hex: str, sha256_hex: str, content_type: str
+    ) -> PutResult:
+        self.puts.append((key, trio.current_time()))
+        if self.put_delay:
+            await trio.sleep(self.put_delay)
+        await trio.lowlevel.checkpoint()
+        self._fault("put")
+        data = path.read_bytes()
+        self.objects[key] = Stored(data, sha256_hex, content_type)
+        return PutResult(etag=hashlib.md5(data).hexdigest())
+
+    async def head(self, key: str) -> ObjectInfo:
+        self.heads.append((key, trio.current_time()))
+        await trio.lowlevel.checkpoint()
+        self._fault("head")
+        obj = self.objects.get(key)
+        if obj is None:
+            raise ObjectNotFound(f"head {key}: 404", status=404)
+        return ObjectInfo(
+            key=key,
+            size=len(obj.data),
+            etag=hashlib.md5(obj.data).hexdigest(),
+            sha256=obj.sha256,
+            content_type=obj.content_type,
+        )
+
+    async def get(self, key: str) -> bytes:
+        await trio.lowlevel.checkpoint()
+        obj = self.objects.get(key)
+        if obj is None:
+            raise ObjectNotFound(f"get {key}: 404", status=404)
+        return obj.data
+
+    async def delete(self, key: str) -> None:
+        await trio.lowlevel.checkpoint()
+        self.objects.pop(key, None)
+
+    def presign_get(
+        self,
+        key: str,
+        *,
+        expires_in: float,
+        content_type: str | None = None,
+        filename: str | None = None,
+    ) -> str:
+        return f"memory://{key}?expires_in={expires_in:g}"
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()

@@ -1,0 +1,471 @@
+"""S3 (and S3-compatible) object storage over `httpx.AsyncClient`, signed by botocore.
+
+httpx is Trio-native and cancellable; botocore only signs (SigV4 headers for requests, SigV4
+query strings for presigned GETs), so no request ever blocks the event loop and no signing
+or crypto is written here. Every failure leaves this module as a `StorageError`: no httpx
+exception escapes, and messages say what was done to which key, never secrets or signatures.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import httpx
+import trio
+from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials, ReadOnlyCredentials
+
+from tr_vault.errors import (
+    ConfigError,
+    ObjectNotFound,
+    StorageError,
+    StoragePermanent,
+    StorageUnavailable,
+)
+from tr_vault.storage.base import ObjectInfo, PutResult
+
+if TYPE_CHECKING:
+    from tr_vault.config import Settings
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 512 * 1024  # bytes read from the file per thread hop while streaming a PUT
+CHECK_TIMEOUT = 5.0  # HeadBucket at start-up: an unreachable store must not stall it
+MAX_PRESIGN_EXPIRY = 7 * 24 * 3600  # SigV4's limit for X-Amz-Expires
+META_SHA256 = "x-amz-meta-sha256"
+
+# Error codes that mean "the bytes or the timing went wrong on the way": the same request
+# sent again can succeed, so they are StorageUnavailable although their status is 4xx.
+TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "RequestTimeout",
+        "BadDigest",
+        "XAmzContentSHA256Mismatch",
+        "InternalError",
+        "ServiceUnavailable",
+        "OperationAborted",
+        "RequestTimeoutException",
+    }
+)
+
+
+class _PrecomputedPayloadAuth(S3SigV4Auth):
+    """SigV4 for S3 that signs a payload hash computed beforehand.
+
+    botocore hashes the body itself (impossible for a stream it never sees) and drops a
+    caller-set X-Amz-Content-SHA256, so the hash travels in the request context instead.
+    """
+
+    def payload(self, request: AWSRequest) -> str:
+        precomputed = request.context.get("payload_sha256")
+        if isinstance(precomputed, str):
+            return precomputed
+        return super().payload(request)
+
+
+def _quote_path(path: str) -> str:
+    """URI-encode a bucket/key path the way SigV4 canonicalises S3 paths (once, `/` kept)."""
+    return quote(path, safe="/~")
+
+
+def _check_key(key: str) -> None:
+    """Refuse keys that URL normalisation would rewrite (`.`/`..`/empty segments)."""
+    parts = key.split("/")
+    if not key or any(p in ("", ".", "..") for p in parts):
+        raise StoragePermanent(f"invalid object key {key!r}: empty, '.' or '..' segment")
+
+
+def _content_disposition(filename: str) -> str:
+    """`inline` with a quoted ASCII filename, plus RFC 5987 `filename*` when it is not ASCII."""
+    fallback = "".join(
+        c if 0x20 <= ord(c) < 0x7F and c not in '"\\' else "_" for c in PurePosixPath(filename).name
+    )
+    value = f'inline; filename="{fallback}"'
+    if fallback != filename:
+        value += f"; filename*=UTF-8''{quote(filename, safe='')}"
+    return value
+
+
+def _parse_error(body: bytes) -> tuple[str | None, str | None]:
+    """The `Code` and `Message` of an S3 XML error body, when there is one."""
+    if not body or not body.lstrip().startswith(b"<"):
+        return None, None
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError:
+        return None, None
+    code = message = None
+    for child in root.iter():
+        tag = child.tag.rsplit("}", 1)[-1]
+        if tag == "Code" and code is None:
+            code = (child.text or "").strip() or None
+        elif tag == "Message" and message is None:
+            message = (child.text or "").strip() or None
+    return code, message
+
+
+def _unquote_etag(value: str | None) -> str | None:
+    if value is None:
+        return None
+    return value.strip().removeprefix("W/").strip('"') or None
+
+
+class S3Store:
+    """An S3 bucket (AWS, or any S3-compatible store via `endpoint`) under a key prefix.
+
+    With `endpoint` set, URLs are path-style (`{endpoint}/{bucket}/{key}`), which every
+    S3-compatible store understands; without it, AWS virtual-hosted style. `presign_endpoint`
+    is the endpoint players reach when it differs from ours (the host is part of the signature).
+    """
+
+    def __init__(
+        self,
+        *,
+        bucket: str,
+        endpoint: str = "",
+        region: str = "us-east-1",
+        prefix: str = "",
+        access_key: str = "",
+        secret_key: str = "",
+        timeout: float = 60.0,
+        checksum_sha256: bool = False,
+        transport: httpx.AsyncBaseTransport | None = None,
+        presign_endpoint: str = "",
+    ) -> None:
+        if not bucket:
+            raise ConfigError("S3_BUCKET: a bucket name is required for S3 storage")
+        if bool(access_key) != bool(secret_key):
+            raise ConfigError(
+                "S3_ACCESS_KEY and S3_SECRET_KEY must be set together (or both left empty to "
+                "use the AWS credential chain: environment, profile, instance role)"
+            )
+        self.bucket = bucket
+        self.region = region or "us-east-1"
+        self.endpoint = endpoint.strip().rstrip("/")
+        self.presign_endpoint = presign_endpoint.strip().rstrip("/")
+        self.prefix = prefix.strip("/")
+        self.timeout = timeout
+        self.checksum_sha256 = checksum_sha256
+        self._static: ReadOnlyCredentials | None = None
+        self._chain: Credentials | None = None
+        self._frozen: ReadOnlyCredentials | None = None
+        if access_key:
+            self._static = ReadOnlyCredentials(access_key, secret_key, None)
+        self._client = httpx.AsyncClient(
+            transport=transport,
+            timeout=httpx.Timeout(timeout),
+            follow_redirects=False,
+            # Objects are stored as sent; a transparently decompressed GET would not match.
+            headers={"Accept-Encoding": "identity", "User-Agent": "tr-vault"},
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> S3Store:
+        """The store the settings describe (`S3_*` variables)."""
+        return cls(
+            bucket=settings.s3_bucket,
+            endpoint=settings.s3_endpoint,
+            region=settings.s3_region,
+            prefix=settings.s3_prefix,
+            access_key=settings.s3_access_key,
+            secret_key=settings.s3_secret_key.get_secret_value(),
+            timeout=settings.upload_timeout,
+            checksum_sha256=settings.s3_checksum_sha256,
+            presign_endpoint=settings.s3_presign_endpoint,
+        )
+
+    def __repr__(self) -> str:
+        where = self.endpoint or f"aws:{self.region}"
+        return f"S3Store(bucket={self.bucket!r}, endpoint={where!r}, prefix={self.prefix!r})"
+
+    # -- addressing ---------------------------------------------------------------------------
+
+    def object_key(self, key: str) -> str:
+        """The full object key in the bucket: `prefix/key`, or `key` without a prefix."""
+        _check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _bucket_url(self, endpoint: str) -> str:
+        """URL of the bucket itself (trailing `/` for virtual-hosted, none for path-style)."""
+        if endpoint:
+            return f"{endpoint}/{_quote_path(self.bucket)}"
+        if "." in self.bucket:  # dotted names break virtual-hosted TLS: use path-style
+            return f"https://s3.{self.region}.amazonaws.com/{_quote_path(self.bucket)}"
+        return f"https://{self.bucket}.s3.{self.region}.amazonaws.com/"
+
+    def _object_url(self, key: str, endpoint: str | None = None) -> str:
+        base = self._bucket_url(self.endpoint if endpoint is None else endpoint)
+        path = _quote_path(self.object_key(key))
+        return f"{base}{path}" if base.endswith("/") else f"{base}/{path}"
+
+    # -- credentials and signing --------------------------------------------------------------
+
+    def _resolve_chain(self) -> ReadOnlyCredentials:
+        """Credentials from botocore's default chain (blocking: env, profile, IMDS...)."""
+        if self._chain is None:
+            import botocore.session
+
+            self._chain = botocore.session.get_session().get_credentials()
+        if self._chain is None:
+            raise StoragePermanent(
+                "no S3 credentials: set S3_ACCESS_KEY and S3_SECRET_KEY, or configure the AWS "
+                "credential chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, a role)",
+                code="NoCredentials",
+            )
+        self._frozen = self._chain.get_frozen_credentials()
+        return self._frozen
+
+    async def _credentials(self) -> ReadOnlyCredentials:
+        if self._static is not None:
+            return self._static
+        # Chain credentials may refresh over the network: never on the event loop.
+        return await trio.to_thread.run_sync(self._resolve_chain)
+
+    def _sign(
+        self,
+        creds: ReadOnlyCredentials,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        payload_sha256: str | None,
+    ) -> dict[str, str]:
+        request = AWSRequest(method=method, url=url, headers=dict(headers))
+        if payload_sha256 is not None:
+            request.context["payload_sha256"] = payload_sha256
+        _PrecomputedPayloadAuth(creds, "s3", self.region).add_auth(request)
+        return {name: str(value) for name, value in request.headers.items()}
+
+    # -- requests -----------------------------------------------------------------------------
+
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        what: str,
+        headers: Mapping[str, str] | None = None,
+        content: AsyncIterator[bytes] | None = None,
+        payload_sha256: str | None = None,
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        """Sign and send one request; transport failures become `StorageUnavailable`."""
+        creds = await self._credentials()
+        signed = self._sign(creds, method, url, headers or {}, payload_sha256)
+        try:
+            request = self._client.build_request(
+                method,
+                url,
+                headers=signed,
+                content=content,
+                timeout=httpx.Timeout(timeout) if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            )
+            return await self._client.send(request)
+        except httpx.TimeoutException as exc:
+            raise StorageUnavailable(f"{what}: timed out ({type(exc).__name__})") from exc
+        except httpx.HTTPError as exc:
+            raise StorageUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
+        except httpx.InvalidURL as exc:
+            raise StoragePermanent(f"{what}: invalid URL ({exc}); check S3_ENDPOINT") from exc
+
+    def _error(self, what: str, response: httpx.Response, *, key: str | None) -> StorageError:
+        """The `StorageError` an unsuccessful response means (404 on a key: ObjectNotFound)."""
+        status = response.status_code
+        code, message = _parse_error(response.content)
+        text = f"{what}: HTTP {status}"
+        if code:
+            text += f" {code}"
+        if message:
+            text += f": {message}"
+        bucket_region = response.headers.get("x-amz-bucket-region")
+        if bucket_region and bucket_region != self.region:
+            text += f" (bucket {self.bucket} is in region {bucket_region}: set S3_REGION)"
+        if status == 404 and key is not None and code in (None, "NoSuchKey", "NotFound"):
+            return ObjectNotFound(text, code=code or "NoSuchKey", status=status)
+        if status >= 500 or status == 429 or code in TRANSIENT_CODES:
+            return StorageUnavailable(text, code=code, status=status)
+        if 300 <= status < 500:
+            return StoragePermanent(text, code=code, status=status)
+        return StorageUnavailable(text, code=code, status=status)
+
+    async def _file_chunks(
+        self, path: Path, size: int, key: str
+    ) -> AsyncIterator[bytes]:  # pragma: no branch
+        """Exactly `size` bytes of the file, read in chunks off the event loop."""
+        remaining = size
+        async with await trio.open_file(path, "rb") as f:
+            while remaining > 0:
+                chunk = await f.read(min(CHUNK_SIZE, remaining))
+                if not chunk:
+                    raise _ShortFile(f"put {key}: {path} ended after {size - remaining} of {size} bytes")
+                remaining -= len(chunk)
+                yield chunk
+
+    # -- the ObjectStore protocol -------------------------------------------------------------
+
+    async def check(self) -> None:
+        """HeadBucket with a short timeout: are the credentials and the bucket right?"""
+        what = f"check bucket {self.bucket}"
+        response = await self._request(
+            "HEAD", self._bucket_url(self.endpoint), what=what, timeout=CHECK_TIMEOUT
+        )
+        if response.is_success:
+            return
+        status = response.status_code
+        if status in (400, 403):
+            # HEAD answers carry no error body: ask once more with a GET to learn the code.
+            detail = await self._diagnose(what)
+            raise StoragePermanent(
+                f"{what}: bad credentials or no access to bucket {self.bucket} (HTTP {status}"
+                f"{detail}); check S3_ACCESS_KEY, S3_SECRET_KEY, S3_REGION and the bucket policy",
+                code=self._last_code,
+                status=status,
+            )
+        if status == 404:
+            raise StoragePermanent(
+                f"{what}: bucket {self.bucket} does not exist (HTTP 404); create it or fix "
+                "S3_BUCKET / S3_ENDPOINT",
+                code="NoSuchBucket",
+                status=status,
+            )
+        raise self._error(what, response, key=None)
+
+    _last_code: str | None = None
+
+    async def _diagnose(self, what: str) -> str:
+        """`, Code: Message` from a ListObjectsV2 of zero keys, to explain a refused HEAD."""
+        self._last_code = None
+        url = self._bucket_url(self.endpoint)
+        url += "?list-type=2&max-keys=0" if url.endswith("/") else "/?list-type=2&max-keys=0"
+        try:
+            response = await self._request("GET", url, what=what, timeout=CHECK_TIMEOUT)
+        except StorageError:
+            return ""
+        if response.is_success:
+            return ""
+        code, message = _parse_error(response.content)
+        self._last_code = code
+        return "".join(f" {part}" for part in (code and f"{code}:", message) if part).rstrip(":")
+
+    async def put_file(
+        self,
+        key: str,
+        path: Path,
+        *,
+        size: int,
+        md5_hex: str,
+        sha256_hex: str,
+        content_type: str,
+    ) -> PutResult:
+        """Stream the file with Content-Length, Content-MD5 and our SHA-256 (signed payload).
+
+        The store checks Content-MD5 (and `x-amz-checksum-sha256` when enabled) and refuses
+        corrupted bytes with BadDigest, raised as `StorageUnavailable`: sending again helps.
+        An unreadable local file raises `OSError`.
+        """
+        what = f"put {key}"
+        url = self._object_url(key)
+        digest_sha256 = bytes.fromhex(sha256_hex)
+        headers = {
+            "Content-Length": str(size),
+            "Content-MD5": base64.b64encode(bytes.fromhex(md5_hex)).decode("ascii"),
+            "Content-Type": content_type,
+            META_SHA256: sha256_hex.lower(),
+        }
+        if self.checksum_sha256:
+            headers["x-amz-checksum-sha256"] = base64.b64encode(digest_sha256).decode("ascii")
+        try:
+            response = await self._request(
+                "PUT",
+                url,
+                what=what,
+                headers=headers,
+                content=self._file_chunks(path, size, key),
+                payload_sha256=sha256_hex.lower(),
+            )
+        except _ShortFile as exc:
+            raise StoragePermanent(str(exc)) from None
+        if not response.is_success:
+            raise self._error(what, response, key=None)
+        return PutResult(etag=_unquote_etag(response.headers.get("etag")))
+
+    async def head(self, key: str) -> ObjectInfo:
+        """HEAD the object: size, ETag, our SHA-256 metadata and the content type."""
+        what = f"head {key}"
+        response = await self._request("HEAD", self._object_url(key), what=what)
+        if not response.is_success:
+            raise self._error(what, response, key=key)
+        try:
+            size = int(response.headers["content-length"])
+        except (KeyError, ValueError):
+            raise StorageUnavailable(f"{what}: answer without a valid Content-Length") from None
+        return ObjectInfo(
+            key=key,
+            size=size,
+            etag=_unquote_etag(response.headers.get("etag")),
+            sha256=response.headers.get(META_SHA256),
+            content_type=response.headers.get("content-type"),
+        )
+
+    async def get(self, key: str) -> bytes:
+        """The whole object in memory: for verification and small reads only."""
+        what = f"get {key}"
+        response = await self._request("GET", self._object_url(key), what=what)
+        if not response.is_success:
+            raise self._error(what, response, key=key)
+        return response.content
+
+    async def delete(self, key: str) -> None:
+        """DELETE the object; a missing key is fine, a missing bucket is not."""
+        what = f"delete {key}"
+        response = await self._request("DELETE", self._object_url(key), what=what)
+        if response.is_success:
+            return
+        error = self._error(what, response, key=key)
+        if isinstance(error, ObjectNotFound):
+            return
+        raise error
+
+    def presign_get(
+        self,
+        key: str,
+        *,
+        expires_in: float,
+        content_type: str | None = None,
+        filename: str | None = None,
+    ) -> str:
+        """A SigV4 query-signed GET URL (offline), on `presign_endpoint` when set.
+
+        With credentials from the AWS chain, call after a request (e.g. `check`) so they are
+        resolved; otherwise they are resolved here, blocking.
+        """
+        creds = self._static or self._frozen or self._resolve_chain()
+        endpoint = self.presign_endpoint or self.endpoint
+        params: dict[str, str] = {}
+        if content_type:
+            params["response-content-type"] = content_type
+        if filename:
+            params["response-content-disposition"] = _content_disposition(filename)
+        expires = max(1, min(MAX_PRESIGN_EXPIRY, int(expires_in)))
+        request = AWSRequest(method="GET", url=self._object_url(key, endpoint), params=params)
+        S3SigV4QueryAuth(creds, "s3", self.region, expires=expires).add_auth(request)
+        return str(request.url)
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()
+
+
+class _ShortFile(Exception):
+    """The local file ended before `size` bytes: raised inside httpx's body iteration."""
+
+
+def _unused(_: Any) -> None:  # pragma: no cover
+    pass
