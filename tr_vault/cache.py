@@ -102,8 +102,10 @@ class AudioCache:
         """Give a committed file another key (the journal said its key was taken)."""
         return await trio.to_thread.run_sync(self._commit_sync, self.path(key), candidates)
 
-    async def remove(self, key: str) -> None:
-        await trio.to_thread.run_sync(self._remove_sync, key)
+    async def remove(self, key: str, *, prune_dirs: bool = False) -> None:
+        """Delete a cached file; with `prune_dirs`, also its date and system directories
+        once they are empty."""
+        await trio.to_thread.run_sync(self._remove_sync, key, prune_dirs)
 
     def _commit_sync(self, source: Path, candidates: Sequence[str]) -> str:
         fd = os.open(source, os.O_RDONLY)
@@ -113,11 +115,17 @@ class AudioCache:
             os.close(fd)
         for key in candidates:
             target = self.path(key)
-            self._make_dirs(target.parent)
             try:
+                self._make_dirs(target.parent)
                 os.link(source, target)
             except FileExistsError:
                 continue
+            except FileNotFoundError:  # the pruner removed an empty directory meanwhile
+                self._make_dirs(target.parent)
+                try:
+                    os.link(source, target)
+                except FileExistsError:
+                    continue
             source.unlink()
             _fsync_dir(target.parent)
             if source.parent != target.parent:
@@ -139,10 +147,19 @@ class AudioCache:
                 continue
             _fsync_dir(d.parent)
 
-    def _remove_sync(self, key: str) -> None:
+    def _remove_sync(self, key: str, prune_dirs: bool) -> None:
         path = self.path(key)
         path.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
+        parent = path.parent
+        if prune_dirs:
+            while parent != self.root:
+                try:
+                    parent.rmdir()
+                except OSError:  # not empty (or already gone): stop climbing
+                    break
+                parent = parent.parent
+        if parent.exists():
+            _fsync_dir(parent)
 
 
 def _fsync_dir(directory: Path) -> None:

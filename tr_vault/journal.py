@@ -60,6 +60,18 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class PruneCandidate:
+    """A cached file of a call confirmed in S3, and why it may go (`age` or `size`)."""
+
+    id: int
+    key: str
+    size: int
+    sha256: str
+    uploaded_at: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Requeued:
     interrupted: int
     failed: int
@@ -294,6 +306,31 @@ class Journal:
     async def retry(self, call_ids: Sequence[int] | None = None) -> list[int]:
         now = self.clock()
         return await self._run(lambda conn: retry(conn, now, call_ids))
+
+    # -- pruner --------------------------------------------------------------------------
+
+    async def prune_candidates(
+        self, *, retention: float, max_bytes: int, low_water: float, limit: int
+    ) -> tuple[list[PruneCandidate], int]:
+        now = self.clock()
+        return await self._run(
+            lambda conn: prune_candidates(
+                conn,
+                now,
+                retention=retention,
+                max_bytes=max_bytes,
+                low_water=low_water,
+                limit=limit,
+            )
+        )
+
+    async def mark_pruned(self, call_id: int, detail: str) -> bool:
+        now = self.clock()
+        return await self._run(lambda conn: mark_pruned(conn, call_id, now, detail))
+
+    async def mark_missing(self, call_id: int, detail: str) -> bool:
+        now = self.clock()
+        return await self._run(lambda conn: mark_missing(conn, call_id, now, detail))
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -546,3 +583,73 @@ def status_summary(conn: sqlite3.Connection) -> dict[str, Any]:
         "last_error": dict(last_error) if last_error else None,
         "cached": {"calls": cached[0], "bytes": cached[1]},
     }
+
+
+def prune_candidates(
+    conn: sqlite3.Connection,
+    now: float,
+    *,
+    retention: float,
+    max_bytes: int,
+    low_water: float,
+    limit: int,
+) -> tuple[list[PruneCandidate], int]:
+    """Cached files of `done` rows that may go, oldest first, and the cache's size in bytes.
+
+    Past `retention` they go for age; while the cache is over `max_bytes`, the oldest go
+    until it is down to `low_water * max_bytes`. Never a pending or failed row.
+    """
+    cached_bytes = int(
+        conn.execute("SELECT coalesce(sum(size), 0) FROM calls WHERE cached = 1").fetchone()[0]
+    )
+    columns = "id, key, size, sha256, uploaded_at"
+    picked: list[PruneCandidate] = []
+    if retention > 0:
+        rows = conn.execute(
+            f"SELECT {columns} FROM calls WHERE cached = 1 AND state = 'done'"
+            " AND uploaded_at <= ? ORDER BY uploaded_at, id LIMIT ?",
+            (to_db(now - retention), limit),
+        )
+        picked = [PruneCandidate(**dict(r), reason="age") for r in rows]
+    if max_bytes > 0 and cached_bytes > max_bytes:
+        need = cached_bytes - int(low_water * max_bytes) - sum(c.size for c in picked)
+        chosen = {c.id for c in picked}
+        rows = conn.execute(
+            f"SELECT {columns} FROM calls WHERE cached = 1 AND state = 'done'"
+            " ORDER BY uploaded_at, id"
+        )
+        for r in rows:
+            if need <= 0 or len(picked) >= limit:
+                break
+            if r["id"] in chosen:
+                continue
+            picked.append(PruneCandidate(**dict(r), reason="size"))
+            need -= r["size"]
+    return picked, cached_bytes
+
+
+def mark_pruned(conn: sqlite3.Connection, call_id: int, now: float, detail: str) -> bool:
+    at = to_db(now)
+    with transaction(conn):
+        cur = conn.execute(
+            "UPDATE calls SET cached = 0, pruned_at = ? WHERE id = ? AND state = 'done'"
+            " AND cached = 1",
+            (at, call_id),
+        )
+        if cur.rowcount:
+            _event(conn, call_id, at, "pruned", detail)
+    return bool(cur.rowcount)
+
+
+def mark_missing(conn: sqlite3.Connection, call_id: int, now: float, detail: str) -> bool:
+    """A `done` row whose object is gone from the bucket: upload it again from the cache."""
+    at = to_db(now)
+    with transaction(conn):
+        cur = conn.execute(
+            "UPDATE calls SET state = 'pending', attempts = 0, next_attempt_at = ?, etag = NULL,"
+            " verified_at = NULL, last_error = ? WHERE id = ? AND state = 'done'",
+            (at, detail, call_id),
+        )
+        if cur.rowcount:
+            _event(conn, call_id, at, "missing_in_s3", detail)
+    return bool(cur.rowcount)

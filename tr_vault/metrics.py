@@ -1,0 +1,61 @@
+"""Prometheus metrics, every name prefixed `tr_vault_`, in a registry owned by the app.
+
+Counters and the latency histogram are updated where things happen; the gauges of journal
+state (pending, failed, cached bytes) are read from the journal at scrape time.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+UPLOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.calls_received = Counter(
+            "tr_vault_calls_received",
+            "Uploads received, by protocol and result (stored, duplicate, refused status).",
+            ["protocol", "result"],
+            registry=r,
+        )
+        self.upload_attempts = Counter(
+            "tr_vault_upload_attempts",
+            "Uploads to S3 attempted, by result.",
+            ["result"],
+            registry=r,
+        )
+        self.upload_failures = Counter(
+            "tr_vault_upload_failures",
+            "Calls whose upload was given up (state failed).",
+            registry=r,
+        )
+        self.upload_seconds = Histogram(
+            "tr_vault_upload_duration_seconds",
+            "Time of a successful upload: PUT and verifying HEAD.",
+            buckets=UPLOAD_BUCKETS,
+            registry=r,
+        )
+        self.prune_deletions = Counter(
+            "tr_vault_prune_deletions", "Cached files the pruner deleted.", registry=r
+        )
+        self.prune_deleted_bytes = Counter(
+            "tr_vault_prune_deleted_bytes", "Bytes the pruner freed.", registry=r
+        )
+        self.prune_skips = Counter(
+            "tr_vault_prune_skips", "Prune candidates kept, by reason.", ["reason"], registry=r
+        )
+        self.head_errors = Counter(
+            "tr_vault_head_errors", "HEAD requests that failed (not a clear 404).", registry=r
+        )
+        self.calls_pending = Gauge("tr_vault_calls_pending", "Calls waiting for S3.", registry=r)
+        self.calls_failed = Gauge("tr_vault_calls_failed", "Calls whose upload failed.", registry=r)
+        self.cached_bytes = Gauge("tr_vault_cached_bytes", "Bytes in the local cache.", registry=r)
+
+    def render(self, *, pending: int, failed: int, cached_bytes: int) -> bytes:
+        self.calls_pending.set(pending)
+        self.calls_failed.set(failed)
+        self.cached_bytes.set(cached_bytes)
+        return generate_latest(self.registry)

@@ -1,0 +1,162 @@
+"""The cache pruner: evicts cached audio of calls confirmed in S3, by age and total size.
+
+Candidates come from the journal through an index (rows `done` and cached, oldest first),
+never from a walk of the directory tree. Before each delete, a fresh HEAD must show the object
+with the recorded size and SHA-256; a clear 404 means the object was lost (the row goes back
+to `pending` and the file is uploaded again); anything else means "don't know": keep the file.
+Work per pass is bounded (batch size, a deadline) so a pass never outlives its interval.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from tr_vault.cache import AudioCache
+from tr_vault.errors import ObjectNotFound, StorageError
+from tr_vault.journal import Journal, PruneCandidate
+from tr_vault.metrics import Metrics
+from tr_vault.storage.base import ObjectStore, audio_object_key
+from tr_vault.timefmt import from_db
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PrunePolicy:
+    retention: float = 2592000.0  # seconds; 0 = no age limit
+    max_bytes: int = 0  # 0 = no size cap
+    low_water: float = 0.9  # a size-triggered pass frees down to this share of max_bytes
+    batch: int = 1000  # candidates per pass at most
+    concurrency: int = 8  # HEADs in parallel
+    interval: float = 3600.0
+    missing_grace: float = 600.0  # a 404 this soon after the upload is "unknown", not "lost"
+
+
+@dataclass(frozen=True)
+class Decision:
+    candidate: PruneCandidate
+    action: str  # delete | keep | reupload
+    why: str
+
+
+@dataclass
+class PruneReport:
+    cached_bytes: int = 0
+    decisions: list[Decision] = field(default_factory=list)
+    heads: int = 0
+    dry_run: bool = False
+    finished: bool = True  # False when the pass hit its deadline
+
+    def count(self, action: str) -> int:
+        return sum(1 for d in self.decisions if d.action == action)
+
+    @property
+    def freed_bytes(self) -> int:
+        return sum(d.candidate.size for d in self.decisions if d.action == "delete")
+
+
+class Pruner:
+    def __init__(
+        self,
+        journal: Journal,
+        cache: AudioCache,
+        store: ObjectStore,
+        policy: PrunePolicy,
+        *,
+        wake_uploader: Callable[[], None] | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.journal = journal
+        self.cache = cache
+        self.store = store
+        self.policy = policy
+        self.wake_uploader = wake_uploader
+        self.metrics = metrics
+
+    @property
+    def enabled(self) -> bool:
+        return self.policy.retention > 0 or self.policy.max_bytes > 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await trio.sleep(self.policy.interval)
+            report = await self.run_pass()
+            if report.decisions:
+                log.info(
+                    "prune pass deleted=%d freed_bytes=%d kept=%d reupload=%d heads=%d",
+                    report.count("delete"),
+                    report.freed_bytes,
+                    report.count("keep"),
+                    report.count("reupload"),
+                    report.heads,
+                )
+
+    async def run_pass(self, *, dry_run: bool = False) -> PruneReport:
+        """One bounded pass; with `dry_run` it HEADs and decides but changes nothing."""
+        p = self.policy
+        report = PruneReport(dry_run=dry_run)
+        if not self.enabled:
+            return report
+        candidates, report.cached_bytes = await self.journal.prune_candidates(
+            retention=p.retention, max_bytes=p.max_bytes, low_water=p.low_water, limit=p.batch
+        )
+        limiter = trio.CapacityLimiter(p.concurrency)
+        with trio.move_on_after(p.interval * 0.9) as deadline:
+            async with trio.open_nursery() as nursery:
+                for candidate in candidates:
+                    nursery.start_soon(self._one, candidate, limiter, report)
+        report.finished = not deadline.cancelled_caught
+        return report
+
+    async def _one(
+        self, candidate: PruneCandidate, limiter: trio.CapacityLimiter, report: PruneReport
+    ) -> None:
+        async with limiter:
+            decision = await self._decide(candidate, report)
+            report.decisions.append(decision)
+            if report.dry_run:
+                return
+            with trio.CancelScope(shield=True):  # a delete and its journal mark go together
+                await self._apply(decision)
+
+    async def _decide(self, c: PruneCandidate, report: PruneReport) -> Decision:
+        report.heads += 1
+        try:
+            info = await self.store.head(audio_object_key(c.key))
+        except ObjectNotFound:
+            age = self.journal.clock() - from_db(c.uploaded_at)
+            if age < self.policy.missing_grace:
+                return Decision(c, "keep", "HEAD 404 right after the upload: unknown, try later")
+            return Decision(c, "reupload", "object missing in S3 (HEAD 404)")
+        except StorageError as exc:
+            if self.metrics:
+                self.metrics.head_errors.inc()
+            return Decision(c, "keep", f"HEAD failed: {exc}")
+        if info.size != c.size:
+            return Decision(c, "keep", f"size mismatch: {info.size} in S3, {c.size} recorded")
+        if info.sha256 != c.sha256:
+            return Decision(c, "keep", f"sha256 mismatch: {info.sha256 or 'missing'} in S3")
+        return Decision(c, "delete", f"{c.reason}: verified in S3")
+
+    async def _apply(self, d: Decision) -> None:
+        c = d.candidate
+        if d.action == "delete":
+            await self.cache.remove(c.key, prune_dirs=True)
+            await self.journal.mark_pruned(c.id, d.why)
+            if self.metrics:
+                self.metrics.prune_deletions.inc()
+                self.metrics.prune_deleted_bytes.inc(c.size)
+        elif d.action == "reupload":
+            if await self.journal.mark_missing(c.id, d.why):
+                log.warning("object missing in S3 call_id=%d key=%s: uploading again", c.id, c.key)
+                if self.wake_uploader is not None:
+                    self.wake_uploader()
+        else:
+            log.info("prune kept call_id=%d key=%s: %s", c.id, c.key, d.why)
+            if self.metrics:
+                self.metrics.prune_skips.labels(reason=d.why.split(":")[0]).inc()
