@@ -22,6 +22,8 @@ from tr_vault.config import Settings, StorageMode
 from tr_vault.errors import ConfigError, StoragePermanent, StorageUnavailable
 from tr_vault.intake.store import Intake
 from tr_vault.journal import Journal
+from tr_vault.metrics import Metrics
+from tr_vault.services.pruner import PrunePolicy, Pruner
 from tr_vault.services.reconciler import run_reconciler
 from tr_vault.services.uploader import Uploader, UploadPolicy
 from tr_vault.storage.base import ObjectStore
@@ -69,6 +71,17 @@ def upload_policy(settings: Settings) -> UploadPolicy:
     )
 
 
+def prune_policy(settings: Settings) -> PrunePolicy:
+    return PrunePolicy(
+        retention=settings.s3_cache_retention,
+        max_bytes=int(settings.s3_cache_max_gb * 1024**3),
+        low_water=settings.cache_low_water,
+        batch=settings.prune_batch,
+        concurrency=settings.prune_concurrency,
+        interval=settings.prune_interval,
+    )
+
+
 async def check_store(store: ObjectStore, settings: Settings) -> None:
     """Bad credentials or a missing bucket stop start-up; an unreachable store only warns."""
     try:
@@ -108,10 +121,21 @@ async def serve(
         stray = await trio.to_thread.run_sync(cache.prepare)
         if stray:
             log.warning("removed %d temp file(s) left by an interrupted upload", stray)
-        uploader = None
+        metrics = Metrics()
+        uploader = pruner = None
         if store is not None:
             await check_store(store, settings)
-            uploader = Uploader(journal, cache, store, upload_policy(settings), run_id=run_id)
+            uploader = Uploader(
+                journal, cache, store, upload_policy(settings), run_id=run_id, metrics=metrics
+            )
+            pruner = Pruner(
+                journal,
+                cache,
+                store,
+                prune_policy(settings),
+                wake_uploader=uploader.wake,
+                metrics=metrics,
+            )
         intake = Intake(
             journal,
             cache,
@@ -124,6 +148,8 @@ async def serve(
             cache=cache,
             intake=intake,
             upload_slots=trio.CapacityLimiter(settings.max_inflight_uploads),
+            metrics=metrics,
+            store=store,
         )
         asgi = CollapseSlashes(create_app(ctx))
         async with trio.open_nursery() as nursery:
@@ -148,7 +174,9 @@ async def serve(
                         uploads_done.set()
 
                 await nursery.start(run_uploads)
-            else:
+            if pruner is not None and pruner.enabled:
+                await nursery.start(pruner.run)
+            if uploader is None:
                 uploads_done.set()
             http_done = trio.Event()
 

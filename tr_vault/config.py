@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     reconcile_interval: Duration = 300.0
     failed_retry_interval: Duration = 21600.0
     prune_interval: Duration = 3600.0
+    prune_batch: int = Field(1000, ge=1)
+    prune_concurrency: int = Field(8, ge=1)
+    cache_low_water: float = Field(0.9, gt=0, le=1)
+    read_keys: str = ""
 
     s3_bucket: str = Field("", validation_alias=_s3("S3_BUCKET"))
     s3_endpoint: str = Field("", validation_alias=_s3("S3_ENDPOINT"))
@@ -103,7 +107,7 @@ class Settings(BaseSettings):
             raise ValueError(f"port {port} is out of range")
         return value
 
-    @field_validator("api_keys")
+    @field_validator("api_keys", "read_keys")
     @classmethod
     def _check_api_keys(cls, value: str) -> str:
         ApiKeys.parse(value)
@@ -133,6 +137,15 @@ class Settings(BaseSettings):
     @property
     def keys(self) -> ApiKeys:
         return ApiKeys.parse(self.api_keys)
+
+    @property
+    def readers(self) -> ApiKeys:
+        return ApiKeys.parse(self.read_keys)
+
+    @property
+    def open_reads(self) -> bool:
+        """Reads need no key: none is configured and the server is private (or told so)."""
+        return not self.readers and (is_loopback(self.host_port[0]) or self.allow_anonymous)
 
     @property
     def storage_mode(self) -> StorageMode:

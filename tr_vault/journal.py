@@ -335,21 +335,19 @@ class Journal:
     # -- reads ---------------------------------------------------------------------------
 
     async def get_call(self, call_id: int) -> CallRow | None:
-        def read(conn: sqlite3.Connection) -> CallRow | None:
-            row = conn.execute(f"SELECT {_CALL_COLUMNS} FROM calls WHERE id = ?", (call_id,))
-            return _row(row.fetchone())
-
-        return await self._run(read)
+        return await self._run(lambda conn: get_call(conn, call_id))
 
     async def events(self, call_id: int) -> list[EventRow]:
-        def read(conn: sqlite3.Connection) -> list[EventRow]:
-            rows = conn.execute(
-                "SELECT id, call_id, at, kind, detail FROM events WHERE call_id = ? ORDER BY id",
-                (call_id,),
-            )
-            return [EventRow(**dict(r)) for r in rows]
+        return await self._run(lambda conn: call_events(conn, call_id))
 
-        return await self._run(read)
+    async def list_calls(
+        self, flt: CallFilter, *, limit: int, after: tuple[str, int] | None = None
+    ) -> list[CallRow]:
+        return await self._run(lambda conn: list_calls(conn, flt, limit=limit, after=after))
+
+    async def summary(self) -> dict[str, Any]:
+        now = self.clock()
+        return await self._run(lambda conn: status_summary(conn, now))
 
     async def count_calls(self) -> int:
         def read(conn: sqlite3.Connection) -> int:
@@ -558,7 +556,8 @@ def release(conn: sqlite3.Connection, call_id: int, worker: str) -> None:
         )
 
 
-def status_summary(conn: sqlite3.Connection) -> dict[str, Any]:
+def status_summary(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
+    """Counts and bytes per state, cached bytes, oldest pending, recent failures, last error."""
     states = {
         row["state"]: {"calls": row["n"], "bytes": row["bytes"]}
         for row in conn.execute(
@@ -568,17 +567,29 @@ def status_summary(conn: sqlite3.Connection) -> dict[str, Any]:
     for state in ("pending", "done", "failed"):
         states.setdefault(state, {"calls": 0, "bytes": 0})
     oldest = conn.execute(
-        "SELECT id, received_at FROM calls WHERE state = 'pending' ORDER BY received_at, id LIMIT 1"
+        "SELECT id, received_at FROM calls WHERE id ="
+        " (SELECT min(id) FROM calls WHERE state = 'pending')"
     ).fetchone()
     last_error = conn.execute(
-        "SELECT id, last_error, received_at FROM calls WHERE last_error IS NOT NULL"
-        " ORDER BY coalesce(claimed_at, received_at) DESC, id DESC LIMIT 1"
+        "SELECT call_id AS id, at, detail AS error FROM events WHERE kind = 'upload_error'"
+        " ORDER BY at DESC, id DESC LIMIT 1"
     ).fetchone()
     cached = conn.execute(
         "SELECT count(*), coalesce(sum(size), 0) FROM calls WHERE cached = 1"
     ).fetchone()
+    hour_ago = to_db(now - 3600)
+    recent = {
+        row["kind"]: row["n"]
+        for row in conn.execute(
+            "SELECT kind, count(*) AS n FROM events WHERE kind IN ('upload_error', 'failed')"
+            " AND at >= ? GROUP BY kind",
+            (hour_ago,),
+        )
+    }
     return {
         "states": states,
+        "upload_errors_last_hour": recent.get("upload_error", 0),
+        "failed_last_hour": recent.get("failed", 0),
         "oldest_pending": dict(oldest) if oldest else None,
         "last_error": dict(last_error) if last_error else None,
         "cached": {"calls": cached[0], "bytes": cached[1]},
@@ -653,3 +664,65 @@ def mark_missing(conn: sqlite3.Connection, call_id: int, now: float, detail: str
         if cur.rowcount:
             _event(conn, call_id, at, "missing_in_s3", detail)
     return bool(cur.rowcount)
+
+
+@dataclass(frozen=True)
+class CallFilter:
+    system: str | None = None
+    talkgroup: int | None = None
+    since: float | None = None
+    until: float | None = None
+    state: str | None = None
+
+
+def list_calls(
+    conn: sqlite3.Connection, flt: CallFilter, *, limit: int, after: tuple[str, int] | None
+) -> list[CallRow]:
+    """Calls newest first (by start time, then id); `after` is the last row of the previous page."""
+    where: list[str] = []
+    params: list[Any] = []
+    if flt.system is not None:
+        where.append("(system = ? OR system_label = ?)")
+        params += [flt.system, flt.system]
+    if flt.talkgroup is not None:
+        where.append("talkgroup = ?")
+        params.append(flt.talkgroup)
+    if flt.since is not None:
+        where.append("start_time >= ?")
+        params.append(to_db(flt.since))
+    if flt.until is not None:
+        where.append("start_time < ?")
+        params.append(to_db(flt.until))
+    if flt.state is not None:
+        where.append("state = ?")
+        params.append(flt.state)
+    if after is not None:
+        where.append("(start_time < ? OR (start_time = ? AND id < ?))")
+        params += [after[0], after[0], after[1]]
+    sql = f"SELECT {_CALL_COLUMNS} FROM calls"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY start_time DESC, id DESC LIMIT ?"
+    params.append(limit)
+    return [CallRow(**dict(r)) for r in conn.execute(sql, params)]
+
+
+def failed_calls(conn: sqlite3.Connection, limit: int = 1000) -> list[CallRow]:
+    rows = conn.execute(
+        f"SELECT {_CALL_COLUMNS} FROM calls WHERE state = 'failed' ORDER BY id DESC LIMIT ?",
+        (limit,),
+    )
+    return [CallRow(**dict(r)) for r in rows]
+
+
+def call_events(conn: sqlite3.Connection, call_id: int) -> list[EventRow]:
+    rows = conn.execute(
+        "SELECT id, call_id, at, kind, detail FROM events WHERE call_id = ? ORDER BY id",
+        (call_id,),
+    )
+    return [EventRow(**dict(r)) for r in rows]
+
+
+def get_call(conn: sqlite3.Connection, call_id: int) -> CallRow | None:
+    row = conn.execute(f"SELECT {_CALL_COLUMNS} FROM calls WHERE id = ?", (call_id,))
+    return _row(row.fetchone())

@@ -31,7 +31,7 @@ def print_status(settings: Settings, *, as_json: bool) -> None:
     path = settings.db_path
     conn = _open(settings, readonly=True)
     try:
-        summary = status_summary(conn)
+        summary = status_summary(conn, system_clock())
     finally:
         conn.close()
     if as_json:
@@ -48,4 +48,12 @@ def print_status(settings: Settings, *, as_json: bool) -> None:
         else "oldest pending: none"
     )  # fmt: skip
     err = summary["last_error"]
-    click.echo(f"last error: call {err['id']}: {err['last_error']}" if err else "last error: none")
+    click.echo(
+        f"last error: call {err['id']} at {err['at']}: {err['error']}"
+        if err
+        else "last error: none"
+    )
+    click.echo(
+        f"last hour: {summary['upload_errors_last_hour']} upload errors,"
+        f" {summary['failed_last_hour']} calls failed"
+    )

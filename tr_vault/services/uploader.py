@@ -21,6 +21,7 @@ from tr_vault.cache import AudioCache
 from tr_vault.call import UploadJob
 from tr_vault.errors import ObjectNotFound, StorageError
 from tr_vault.journal import Journal
+from tr_vault.metrics import Metrics
 from tr_vault.storage.base import ObjectInfo, ObjectStore, audio_object_key
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class Uploader:
         *,
         run_id: str,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.journal = journal
         self.cache = cache
@@ -94,6 +96,7 @@ class Uploader:
         self.policy = policy
         self.run_id = run_id
         self.rng = rng or random.Random()
+        self.metrics = metrics
         self._wakeup = trio.Event()
         self._stopping = trio.Event()
 
@@ -136,6 +139,7 @@ class Uploader:
         return await self._process(claim.job, worker)
 
     async def _process(self, job: UploadJob, worker: str) -> bool:
+        started = trio.current_time()
         try:
             etag = await self._upload(job)
         except trio.Cancelled:
@@ -143,8 +147,13 @@ class Uploader:
                 await self.journal.release(job.id, worker)
             raise
         except (StorageError, OSError) as exc:
+            if self.metrics:
+                self.metrics.upload_attempts.labels(result="error").inc()
             await self._failed(job, worker, exc)
             return False
+        if self.metrics:
+            self.metrics.upload_attempts.labels(result="ok").inc()
+            self.metrics.upload_seconds.observe(trio.current_time() - started)
         if self.policy.evict_after_upload:
             await self.cache.remove(job.key)
         await self.journal.upload_done(job.id, worker, etag, evict=self.policy.evict_after_upload)
@@ -195,6 +204,8 @@ class Uploader:
             retry_in=retry_in,
             failed_retry_in=self.policy.failed_retry_interval,
         )
+        if state == "failed" and self.metrics:
+            self.metrics.upload_failures.inc()
         log.warning(
             "upload failed call_id=%d key=%s attempt=%d state=%s retry_in=%.1fs error=%s",
             job.id,

@@ -9,18 +9,23 @@ exception escapes, and messages say what was done to which key, never secrets or
 from __future__ import annotations
 
 import base64
-import logging
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import httpx
 import trio
 from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials, ReadOnlyCredentials
+from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
+from botocore.exceptions import (
+    BotoCoreError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ProfileNotFound,
+)
 
 from tr_vault.errors import (
     ConfigError,
@@ -29,15 +34,14 @@ from tr_vault.errors import (
     StoragePermanent,
     StorageUnavailable,
 )
-from tr_vault.storage.base import ObjectInfo, PutResult
+from tr_vault.storage.base import ObjectInfo, ObjectStore, PutResult
 
 if TYPE_CHECKING:
     from tr_vault.config import Settings
 
-log = logging.getLogger(__name__)
-
 CHUNK_SIZE = 512 * 1024  # bytes read from the file per thread hop while streaming a PUT
 CHECK_TIMEOUT = 5.0  # HeadBucket at start-up: an unreachable store must not stall it
+_CHECK_LIMITS = httpx.Timeout(CHECK_TIMEOUT)
 MAX_PRESIGN_EXPIRY = 7 * 24 * 3600  # SigV4's limit for X-Amz-Expires
 META_SHA256 = "x-amz-meta-sha256"
 
@@ -55,6 +59,10 @@ TRANSIENT_CODES = frozenset(
         "RequestTimeoutException",
     }
 )
+
+
+class _ShortFile(Exception):
+    """The local file ended before `size` bytes: raised inside httpx's body iteration."""
 
 
 class _PrecomputedPayloadAuth(S3SigV4Auth):
@@ -85,12 +93,11 @@ def _check_key(key: str) -> None:
 
 def _content_disposition(filename: str) -> str:
     """`inline` with a quoted ASCII filename, plus RFC 5987 `filename*` when it is not ASCII."""
-    fallback = "".join(
-        c if 0x20 <= ord(c) < 0x7F and c not in '"\\' else "_" for c in PurePosixPath(filename).name
-    )
+    name = PurePosixPath(filename).name
+    fallback = "".join(c if 0x20 <= ord(c) < 0x7F and c not in '"\\' else "_" for c in name)
     value = f'inline; filename="{fallback}"'
-    if fallback != filename:
-        value += f"; filename*=UTF-8''{quote(filename, safe='')}"
+    if fallback != name:
+        value += f"; filename*=UTF-8''{quote(name, safe='')}"
     return value
 
 
@@ -152,6 +159,8 @@ class S3Store:
         self.endpoint = endpoint.strip().rstrip("/")
         self.presign_endpoint = presign_endpoint.strip().rstrip("/")
         self.prefix = prefix.strip("/")
+        if self.prefix and any(p in ("", ".", "..") for p in self.prefix.split("/")):
+            raise ConfigError(f"S3_PREFIX: {prefix!r} has an empty, '.' or '..' segment")
         self.timeout = timeout
         self.checksum_sha256 = checksum_sha256
         self._static: ReadOnlyCredentials | None = None
@@ -209,24 +218,31 @@ class S3Store:
     # -- credentials and signing --------------------------------------------------------------
 
     def _resolve_chain(self) -> ReadOnlyCredentials:
-        """Credentials from botocore's default chain (blocking: env, profile, IMDS...)."""
-        if self._chain is None:
-            import botocore.session
+        """Credentials from botocore's default chain (blocking: env, profile, SSO, IMDS...)."""
+        no_credentials = (
+            "no S3 credentials: set S3_ACCESS_KEY and S3_SECRET_KEY, or configure the AWS "
+            "credential chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, a role)"
+        )
+        try:
+            if self._chain is None:
+                import botocore.session
 
-            self._chain = botocore.session.get_session().get_credentials()
-        if self._chain is None:
-            raise StoragePermanent(
-                "no S3 credentials: set S3_ACCESS_KEY and S3_SECRET_KEY, or configure the AWS "
-                "credential chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, a role)",
-                code="NoCredentials",
-            )
-        self._frozen = self._chain.get_frozen_credentials()
+                self._chain = botocore.session.get_session().get_credentials()
+            if self._chain is None:
+                raise StoragePermanent(no_credentials, code="NoCredentials")
+            self._frozen = self._chain.get_frozen_credentials()
+        except (NoCredentialsError, PartialCredentialsError, ProfileNotFound) as exc:
+            raise StoragePermanent(f"{no_credentials}: {exc}", code="NoCredentials") from exc
+        except BotoCoreError as exc:  # e.g. the instance metadata service did not answer
+            raise StorageUnavailable(f"refresh S3 credentials: {exc}") from exc
         return self._frozen
 
     async def _credentials(self) -> ReadOnlyCredentials:
         if self._static is not None:
             return self._static
-        # Chain credentials may refresh over the network: never on the event loop.
+        if self._frozen is not None and not isinstance(self._chain, RefreshableCredentials):
+            return self._frozen
+        # Chain credentials may be fetched or refreshed over the network: not on the event loop.
         return await trio.to_thread.run_sync(self._resolve_chain)
 
     def _sign(
@@ -254,7 +270,7 @@ class S3Store:
         headers: Mapping[str, str] | None = None,
         content: AsyncIterator[bytes] | None = None,
         payload_sha256: str | None = None,
-        timeout: float | None = None,
+        limits: httpx.Timeout | None = None,
     ) -> httpx.Response:
         """Sign and send one request; transport failures become `StorageUnavailable`."""
         creds = await self._credentials()
@@ -265,7 +281,7 @@ class S3Store:
                 url,
                 headers=signed,
                 content=content,
-                timeout=httpx.Timeout(timeout) if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+                timeout=limits if limits is not None else httpx.USE_CLIENT_DEFAULT,
             )
             return await self._client.send(request)
         except httpx.TimeoutException as exc:
@@ -282,6 +298,8 @@ class S3Store:
         text = f"{what}: HTTP {status}"
         if code:
             text += f" {code}"
+        elif response.reason_phrase:  # HEAD answers have no body to name the error
+            text += f" {response.reason_phrase}"
         if message:
             text += f": {message}"
         bucket_region = response.headers.get("x-amz-bucket-region")
@@ -295,16 +313,16 @@ class S3Store:
             return StoragePermanent(text, code=code, status=status)
         return StorageUnavailable(text, code=code, status=status)
 
-    async def _file_chunks(
-        self, path: Path, size: int, key: str
-    ) -> AsyncIterator[bytes]:  # pragma: no branch
+    async def _file_chunks(self, path: Path, size: int, key: str) -> AsyncGenerator[bytes, None]:
         """Exactly `size` bytes of the file, read in chunks off the event loop."""
         remaining = size
         async with await trio.open_file(path, "rb") as f:
             while remaining > 0:
                 chunk = await f.read(min(CHUNK_SIZE, remaining))
                 if not chunk:
-                    raise _ShortFile(f"put {key}: {path} ended after {size - remaining} of {size} bytes")
+                    raise _ShortFile(
+                        f"put {key}: {path} ended after {size - remaining} of {size} bytes"
+                    )
                 remaining -= len(chunk)
                 yield chunk
 
@@ -314,18 +332,25 @@ class S3Store:
         """HeadBucket with a short timeout: are the credentials and the bucket right?"""
         what = f"check bucket {self.bucket}"
         response = await self._request(
-            "HEAD", self._bucket_url(self.endpoint), what=what, timeout=CHECK_TIMEOUT
+            "HEAD", self._bucket_url(self.endpoint), what=what, limits=_CHECK_LIMITS
         )
         if response.is_success:
             return
         status = response.status_code
+        region = response.headers.get("x-amz-bucket-region")
+        if region and region != self.region:
+            raise StoragePermanent(
+                f"{what}: bucket {self.bucket} is in region {region}, not {self.region} "
+                f"(HTTP {status}); set S3_REGION={region}",
+                status=status,
+            )
         if status in (400, 403):
             # HEAD answers carry no error body: ask once more with a GET to learn the code.
-            detail = await self._diagnose(what)
+            code, detail = await self._diagnose(what)
             raise StoragePermanent(
                 f"{what}: bad credentials or no access to bucket {self.bucket} (HTTP {status}"
                 f"{detail}); check S3_ACCESS_KEY, S3_SECRET_KEY, S3_REGION and the bucket policy",
-                code=self._last_code,
+                code=code,
                 status=status,
             )
         if status == 404:
@@ -337,22 +362,19 @@ class S3Store:
             )
         raise self._error(what, response, key=None)
 
-    _last_code: str | None = None
-
-    async def _diagnose(self, what: str) -> str:
-        """`, Code: Message` from a ListObjectsV2 of zero keys, to explain a refused HEAD."""
-        self._last_code = None
+    async def _diagnose(self, what: str) -> tuple[str | None, str]:
+        """The error code and `: Code: Message` of a zero-key ListObjectsV2 after a refused HEAD."""
         url = self._bucket_url(self.endpoint)
         url += "?list-type=2&max-keys=0" if url.endswith("/") else "/?list-type=2&max-keys=0"
         try:
-            response = await self._request("GET", url, what=what, timeout=CHECK_TIMEOUT)
+            response = await self._request("GET", url, what=what, limits=_CHECK_LIMITS)
         except StorageError:
-            return ""
+            return None, ""
         if response.is_success:
-            return ""
+            return None, ""
         code, message = _parse_error(response.content)
-        self._last_code = code
-        return "".join(f" {part}" for part in (code and f"{code}:", message) if part).rstrip(":")
+        detail = ": ".join(part for part in (code, message) if part)
+        return code, f" {detail}" if detail else ""
 
     async def put_file(
         self,
@@ -376,22 +398,26 @@ class S3Store:
         headers = {
             "Content-Length": str(size),
             "Content-MD5": base64.b64encode(bytes.fromhex(md5_hex)).decode("ascii"),
-            "Content-Type": content_type,
+            "Content-Type": content_type or "application/octet-stream",
             META_SHA256: sha256_hex.lower(),
         }
         if self.checksum_sha256:
             headers["x-amz-checksum-sha256"] = base64.b64encode(digest_sha256).decode("ascii")
+        body = self._file_chunks(path, size, key)
         try:
             response = await self._request(
                 "PUT",
                 url,
                 what=what,
                 headers=headers,
-                content=self._file_chunks(path, size, key),
+                content=body,
                 payload_sha256=sha256_hex.lower(),
             )
         except _ShortFile as exc:
             raise StoragePermanent(str(exc)) from None
+        finally:
+            # httpx stops reading the body when the store answers early: close the file now.
+            await body.aclose()
         if not response.is_success:
             raise self._error(what, response, key=None)
         return PutResult(etag=_unquote_etag(response.headers.get("etag")))
@@ -446,7 +472,11 @@ class S3Store:
         With credentials from the AWS chain, call after a request (e.g. `check`) so they are
         resolved; otherwise they are resolved here, blocking.
         """
-        creds = self._static or self._frozen or self._resolve_chain()
+        creds = self._static or self._frozen
+        if creds is None or (
+            isinstance(self._chain, RefreshableCredentials) and self._chain.refresh_needed()
+        ):
+            creds = self._resolve_chain()
         endpoint = self.presign_endpoint or self.endpoint
         params: dict[str, str] = {}
         if content_type:
@@ -462,10 +492,12 @@ class S3Store:
         """Close the connection pool."""
         await self._client.aclose()
 
+    async def __aenter__(self) -> S3Store:
+        return self
 
-class _ShortFile(Exception):
-    """The local file ended before `size` bytes: raised inside httpx's body iteration."""
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
 
-def _unused(_: Any) -> None:  # pragma: no cover
-    pass
+if TYPE_CHECKING:
+    _: type[ObjectStore] = S3Store  # mypy checks the backend against the protocol

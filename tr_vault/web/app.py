@@ -10,6 +10,7 @@ from quart import Response
 from quart_trio import QuartTrio
 
 from tr_vault.errors import IntakeError
+from tr_vault.web.calls import calls_blueprint
 from tr_vault.web.context import WebContext
 from tr_vault.web.health import health_blueprint
 from tr_vault.web.uploads import upload_blueprint
@@ -24,6 +25,7 @@ def create_app(ctx: WebContext) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = None
     app.register_blueprint(upload_blueprint(ctx))
     app.register_blueprint(health_blueprint(ctx))
+    app.register_blueprint(calls_blueprint(ctx))
 
     @app.errorhandler(IntakeError)
     async def intake_error(exc: IntakeError) -> Response:

@@ -10,6 +10,8 @@ from tr_vault.cache import AudioCache
 from tr_vault.config import Settings
 from tr_vault.intake.store import Intake
 from tr_vault.journal import Journal
+from tr_vault.metrics import Metrics
+from tr_vault.storage.base import ObjectStore
 
 
 @dataclass
@@ -19,3 +21,5 @@ class WebContext:
     cache: AudioCache
     intake: Intake
     upload_slots: trio.CapacityLimiter
+    metrics: Metrics
+    store: ObjectStore | None = None

@@ -30,11 +30,25 @@ def upload_blueprint(ctx: WebContext) -> Blueprint:
     keys = settings.keys
 
     async def accept(
+        protocol: str,
         audio_field: str,
         before_audio: Callable[[UploadForm], None],
         validate: Callable[[UploadForm], CallMeta],
     ) -> None:
         """Read, validate and durably store one upload; raises IntakeError to refuse it."""
+        try:
+            duplicate = await receive(audio_field, before_audio, validate)
+        except IntakeError as exc:
+            ctx.metrics.calls_received.labels(protocol=protocol, result=str(exc.status)).inc()
+            raise
+        result = "duplicate" if duplicate else "stored"
+        ctx.metrics.calls_received.labels(protocol=protocol, result=result).inc()
+
+    async def receive(
+        audio_field: str,
+        before_audio: Callable[[UploadForm], None],
+        validate: Callable[[UploadForm], CallMeta],
+    ) -> bool:
         if request.method != "POST":
             raise IntakeError(405, "Unsupported method\n")
         free = await trio.to_thread.run_sync(ctx.cache.free_bytes)
@@ -65,10 +79,12 @@ def upload_blueprint(ctx: WebContext) -> Blueprint:
         finally:
             ctx.upload_slots.release()
         log.debug("accepted call_id=%d duplicate=%s", accepted.call_id, accepted.duplicate)
+        return accepted.duplicate
 
     @bp.route("/api/call-upload", methods=METHODS)
     async def rdio_call_upload() -> Response:
         await accept(
+            "rdio",
             rdio.AUDIO_FIELD,
             rdio.early_key_check(keys),
             lambda form: rdio.call_upload(form, keys),
@@ -78,6 +94,7 @@ def upload_blueprint(ctx: WebContext) -> Blueprint:
     @bp.route("/api/trunk-recorder-call-upload", methods=METHODS)
     async def rdio_trunk_recorder_upload() -> Response:
         await accept(
+            "rdio-tr",
             rdio.AUDIO_FIELD,
             rdio.early_key_check(keys),
             lambda form: rdio.trunk_recorder_call_upload(form, keys),
@@ -88,6 +105,7 @@ def upload_blueprint(ctx: WebContext) -> Blueprint:
     async def openmhz_upload(short_name: str) -> Response:
         system = openmhz.short_name(short_name)
         await accept(
+            "openmhz",
             openmhz.AUDIO_FIELD,
             openmhz.early_key_check(system, keys),
             lambda form: openmhz.upload(system, form, keys),
