@@ -135,3 +135,29 @@ async def make_vault(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Vau
 @pytest.fixture
 async def vault(make_vault: VaultFactory) -> Vault:
     return await make_vault()
+
+
+async def wait_until(predicate: Callable[[], bool], *, within: float = 30) -> None:
+    """Poll `predicate` until true; fail after `within` seconds (a bound, not a hope)."""
+    with trio.fail_after(within):
+        while not predicate():
+            await trio.sleep(0.05)
+
+
+def s3_settings(bucket: Any, *, endpoint: str | None = None, **overrides: Any) -> dict[str, Any]:
+    """Settings that point tr_vault at a test bucket (optionally through a proxy)."""
+    values: dict[str, Any] = {
+        "s3_bucket": bucket.bucket,
+        "s3_endpoint": endpoint or bucket.url,
+        "s3_region": bucket.region,
+        "s3_access_key": bucket.access_key,
+        "s3_secret_key": bucket.secret_key,
+        "upload_backoff_base": 0.05,
+        "upload_backoff_max": 0.2,
+        "upload_timeout": 10.0,
+        "reconcile_interval": 3600.0,
+        "prune_interval": 3600.0,
+        "shutdown_grace": 2.0,
+    }
+    values.update(overrides)
+    return values

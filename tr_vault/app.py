@@ -23,7 +23,7 @@ from tr_vault.errors import ConfigError, StoragePermanent, StorageUnavailable
 from tr_vault.intake.store import Intake
 from tr_vault.journal import Journal
 from tr_vault.metrics import Metrics
-from tr_vault.services.pruner import PrunePolicy, Pruner
+from tr_vault.services.pruner import PrunePolicy, Pruner, PruneReport
 from tr_vault.services.reconciler import run_reconciler
 from tr_vault.services.uploader import Uploader, UploadPolicy
 from tr_vault.storage.base import ObjectStore
@@ -212,6 +212,21 @@ async def serve(
                 await store.aclose()
             await journal.close()
         log.info("tr_vault stopped")
+
+
+async def prune_once(settings: Settings, *, dry_run: bool) -> PruneReport:
+    """One pruner pass outside the server (`tr-vault prune`)."""
+    store = open_store(settings)
+    if store is None:
+        raise ConfigError("S3_BUCKET is not set: in local-only mode the cache is the archive")
+    journal = await Journal.open(settings.db_path)
+    try:
+        cache = AudioCache(settings.audio_dir)
+        pruner = Pruner(journal, cache, store, prune_policy(settings))
+        return await pruner.run_pass(dry_run=dry_run)
+    finally:
+        await store.aclose()
+        await journal.close()
 
 
 def _after_store(

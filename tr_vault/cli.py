@@ -70,7 +70,7 @@ def status(as_json: bool) -> None:
 def retry(all_failed: bool, call_ids: tuple[int, ...]) -> None:
     """Put failed calls back in the upload queue with a fresh set of attempts.
 
-    A running server picks them up within 30 seconds.
+    A running server picks them up within 5 seconds.
     """
     from tr_vault.report import retry_calls
 
@@ -78,6 +78,42 @@ def retry(all_failed: bool, call_ids: tuple[int, ...]) -> None:
         raise click.UsageError("give either --failed or one or more --id N")
     ids = retry_calls(_settings(), None if all_failed else list(call_ids))
     click.echo(f"re-queued {len(ids)} call(s)" + (f": {', '.join(map(str, ids))}" if ids else ""))
+
+
+@main.command()
+@click.option("--call", "call_id", type=int, help="Print one call and its events.")
+@click.option("--failed", is_flag=True, help="List failed calls with their last error.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def audit(call_id: int | None, failed: bool, as_json: bool) -> None:
+    """The journal summary; or one call's history; or the failures."""
+    from tr_vault.report import print_call, print_failed, print_status
+
+    settings = _settings()
+    if call_id is not None:
+        print_call(settings, call_id, as_json=as_json)
+    elif failed:
+        print_failed(settings, as_json=as_json)
+    else:
+        print_status(settings, as_json=as_json)
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="HEAD and decide, but delete nothing.")
+def prune(dry_run: bool) -> None:
+    """Run one cache-pruner pass now and show what went (or would go) and why."""
+    from functools import partial
+
+    import trio
+
+    from tr_vault.app import prune_once
+    from tr_vault.report import print_prune
+
+    settings = _settings()
+    try:
+        report = trio.run(partial(prune_once, settings, dry_run=dry_run))
+    except TrVaultError as exc:
+        raise click.ClickException(str(exc)) from None
+    print_prune(report)
 
 
 if __name__ == "__main__":

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import asdict
 
 import click
 
 from tr_vault.config import Settings
-from tr_vault.journal import connect, retry, status_summary
+from tr_vault.journal import call_events, connect, failed_calls, get_call, retry, status_summary
+from tr_vault.services.pruner import PruneReport
 from tr_vault.timefmt import system_clock
 
 
@@ -56,4 +58,52 @@ def print_status(settings: Settings, *, as_json: bool) -> None:
     click.echo(
         f"last hour: {summary['upload_errors_last_hour']} upload errors,"
         f" {summary['failed_last_hour']} calls failed"
+    )
+
+
+def print_call(settings: Settings, call_id: int, *, as_json: bool) -> None:
+    conn = _open(settings, readonly=True)
+    try:
+        row = get_call(conn, call_id)
+        if row is None:
+            raise click.ClickException(f"no call {call_id}")
+        events = call_events(conn, call_id)
+    finally:
+        conn.close()
+    if as_json:
+        data = {"call": asdict(row), "events": [asdict(e) for e in events]}
+        click.echo(json.dumps(data, indent=2))
+        return
+    for name, value in asdict(row).items():
+        if value is not None and name != "metadata":
+            click.echo(f"{name:>16}: {value}")
+    click.echo("events:")
+    for e in events:
+        click.echo(f"  {e.at}  {e.kind:<14} {e.detail or ''}")
+
+
+def print_failed(settings: Settings, *, as_json: bool) -> None:
+    conn = _open(settings, readonly=True)
+    try:
+        rows = failed_calls(conn)
+    finally:
+        conn.close()
+    if as_json:
+        click.echo(json.dumps([asdict(r) for r in rows], indent=2))
+        return
+    if not rows:
+        click.echo("no failed calls")
+    for r in rows:
+        click.echo(f"{r.id}\t{r.key}\tattempts={r.attempts}\t{r.last_error}")
+
+
+def print_prune(report: PruneReport) -> None:
+    verb = "would" if report.dry_run else "did"
+    click.echo(f"cache: {report.cached_bytes} bytes; {report.heads} HEAD requests")
+    for d in report.decisions:
+        click.echo(f"{d.action:>8}  call {d.candidate.id}  {d.candidate.key}  ({d.why})")
+    click.echo(
+        f"{verb} delete {report.count('delete')} files ({report.freed_bytes} bytes),"
+        f" keep {report.count('keep')}, re-upload {report.count('reupload')}"
+        + ("" if report.finished else "; the pass hit its deadline")
     )

@@ -12,7 +12,7 @@ import trio.testing
 from tests.loops import Bench, open_bench
 from tests.memstore import MemoryStore, Stored
 from tr_vault.errors import StorageUnavailable
-from tr_vault.services.pruner import Pruner, PrunePolicy
+from tr_vault.services.pruner import PrunePolicy, Pruner
 from tr_vault.services.uploader import Uploader, UploadPolicy
 from tr_vault.storage.base import audio_object_key
 

@@ -7,6 +7,7 @@ time is trio's MockClock, so a 5-minute backoff takes no real time.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 from pathlib import Path
 
@@ -57,7 +58,7 @@ async def test_transient_errors_back_off_then_succeed(
 
     times = [t for _, t in store.puts]
     assert len(times) == 4
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     # equal jitter: attempt n waits between half and all of min(max, base * 2^(n-1))
     for n, gap in enumerate(gaps, start=1):
         ceiling = min(60.0, 2.0 * 2 ** (n - 1))

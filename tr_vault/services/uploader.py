@@ -26,7 +26,9 @@ from tr_vault.storage.base import ObjectInfo, ObjectStore, audio_object_key
 
 log = logging.getLogger(__name__)
 
-IDLE_POLL = 30.0  # seconds: an idle worker re-reads the journal at least this often
+IDLE_POLL = (
+    5.0  # seconds: an idle worker re-reads the journal at least this often (one indexed query)
+)
 RELEASE_TIMEOUT = 5.0
 _PLAIN_ETAG = re.compile(r"^[0-9a-f]{32}$")
 
@@ -136,7 +138,10 @@ class Uploader:
         claim = await self.journal.claim_next(worker, call_id)
         if claim.job is None:
             return False
-        return await self._process(claim.job, worker)
+        ok = await self._process(claim.job, worker)
+        if not ok:
+            self.wake()  # idle workers learn when the retry falls due
+        return ok
 
     async def _process(self, job: UploadJob, worker: str) -> bool:
         started = trio.current_time()
