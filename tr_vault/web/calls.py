@@ -136,6 +136,7 @@ def calls_blueprint(ctx: WebContext) -> Blueprint:
             response.set_etag(row.sha256)
             response.last_modified = from_db(row.received_at)  # type: ignore[assignment]
             response.headers["Content-Disposition"] = f'inline; filename="{name}"'
+            response.headers["Accept-Ranges"] = "bytes"
             await response.make_conditional(request, accept_ranges=True, complete_length=row.size)
             return response
         if row.state == "done" and ctx.store is not None:
