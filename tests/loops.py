@@ -55,3 +55,13 @@ async def open_bench(tmp_path: Path, *, state: str = "pending") -> Bench:
     cache = AudioCache(tmp_path / "audio")
     cache.prepare()
     return Bench(journal, cache, Intake(journal, cache, initial_state=state))
+
+
+async def wait_state(bench: Bench, call_id: int, state: str) -> None:
+    """Wait (virtual time) until the call reaches `state`."""
+    with trio.fail_after(600):
+        while True:
+            row = await bench.journal.get_call(call_id)
+            if row is not None and row.state == state:
+                return
+            await trio.sleep(1)

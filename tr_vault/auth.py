@@ -55,6 +55,13 @@ class ApiKeys:
         With no key configured every upload is accepted (the server then listens on loopback
         or was told `TR_VAULT_ALLOW_ANONYMOUS=true`).
         """
+        return self._match(key, system_names)
+
+    def known(self, key: str | None) -> bool:
+        """True when `key` is one of the configured keys (whatever systems it allows)."""
+        return self._match(key, None)
+
+    def _match(self, key: str | None, system_names: tuple[str, ...] | None) -> bool:
         if not self.entries:
             return True
         if not key:
@@ -63,19 +70,8 @@ class ApiKeys:
         ok = False
         for entry in self.entries:
             # Compare against every entry so timing does not tell which key was close.
-            if hmac.compare_digest(given, entry.key.encode()) and entry.allows(system_names):
+            if hmac.compare_digest(given, entry.key.encode()) and (
+                system_names is None or entry.allows(system_names)
+            ):
                 ok = True
         return ok
-
-    def known(self, key: str | None) -> bool:
-        """True when `key` is one of the configured keys (whatever systems it allows)."""
-        if not self.entries:
-            return True
-        if not key:
-            return False
-        given = key.encode()
-        found = False
-        for entry in self.entries:
-            if hmac.compare_digest(given, entry.key.encode()):
-                found = True
-        return found

@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 import trio
 
 from tr_vault.call import StoredAudio
+from tr_vault.durable import fsync_path
 
 INCOMING = ".incoming"
 
@@ -108,11 +109,7 @@ class AudioCache:
         await trio.to_thread.run_sync(self._remove_sync, key, prune_dirs)
 
     def _commit_sync(self, source: Path, candidates: Sequence[str]) -> str:
-        fd = os.open(source, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(source)
         for key in candidates:
             target = self.path(key)
             try:
@@ -127,9 +124,9 @@ class AudioCache:
                 except FileExistsError:
                     continue
             source.unlink()
-            _fsync_dir(target.parent)
+            fsync_path(target.parent)
             if source.parent != target.parent:
-                _fsync_dir(source.parent)
+                fsync_path(source.parent)
             return key
         raise FileExistsError(f"every candidate key is taken: {list(candidates)}")
 
@@ -145,7 +142,7 @@ class AudioCache:
                 d.mkdir()
             except FileExistsError:
                 continue
-            _fsync_dir(d.parent)
+            fsync_path(d.parent)
 
     def _remove_sync(self, key: str, prune_dirs: bool) -> None:
         path = self.path(key)
@@ -159,12 +156,4 @@ class AudioCache:
                     break
                 parent = parent.parent
         if parent.exists():
-            _fsync_dir(parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+            fsync_path(parent)

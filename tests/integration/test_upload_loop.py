@@ -15,7 +15,7 @@ import pytest
 import trio
 import trio.testing
 
-from tests.loops import open_bench
+from tests.loops import open_bench, wait_state
 from tests.memstore import MemoryStore
 from tr_vault.errors import StoragePermanent, StorageUnavailable
 from tr_vault.services.reconciler import reconcile_once
@@ -51,9 +51,7 @@ async def test_transient_errors_back_off_then_succeed(
     accepted = await bench.add_call(AUDIO, 1)
     async with trio.open_nursery() as nursery:
         await nursery.start(up.run)
-        with trio.fail_after(600):
-            while (await bench.journal.get_call(accepted.call_id)).state != "done":  # type: ignore[union-attr]
-                await trio.sleep(1)
+        await wait_state(bench, accepted.call_id, "done")
         nursery.cancel_scope.cancel()
 
     times = [t for _, t in store.puts]
@@ -88,20 +86,16 @@ async def test_attempts_exhausted_then_failed_then_requeued_on_schedule(
     accepted = await bench.add_call(AUDIO, 1)
     async with trio.open_nursery() as nursery:
         await nursery.start(up.run)
-        with trio.fail_after(600):
-            while (await bench.journal.get_call(accepted.call_id)).state != "failed":  # type: ignore[union-attr]
-                await trio.sleep(1)
+        await wait_state(bench, accepted.call_id, "failed")
         row = await bench.journal.get_call(accepted.call_id)
         assert row is not None and row.attempts == 3
         assert row.last_error == "put: connection refused"
         # Nothing happens to a failed row before its rest is over...
         assert (await reconcile_once(bench.journal, "r1", up.wake)).failed == 0
-        await trio.sleep(3600)
+        clock.jump(3600)  # the failed row rests; idle workers need not poll through it
         # ... then the reconciler gives it another go, and it lands.
         assert (await reconcile_once(bench.journal, "r1", up.wake)).failed == 1
-        with trio.fail_after(600):
-            while (await bench.journal.get_call(accepted.call_id)).state != "done":  # type: ignore[union-attr]
-                await trio.sleep(1)
+        await wait_state(bench, accepted.call_id, "done")
         nursery.cancel_scope.cancel()
     kinds = [e.kind for e in await bench.journal.events(accepted.call_id)]
     assert kinds.count("failed") == 1
@@ -123,17 +117,13 @@ async def test_permanent_error_fails_at_once_and_operator_retry_requeues(
     accepted = await bench.add_call(AUDIO, 1)
     async with trio.open_nursery() as nursery:
         await nursery.start(up.run)
-        with trio.fail_after(600):
-            while (await bench.journal.get_call(accepted.call_id)).state != "failed":  # type: ignore[union-attr]
-                await trio.sleep(1)
+        await wait_state(bench, accepted.call_id, "failed")
         row = await bench.journal.get_call(accepted.call_id)
         assert row is not None and row.attempts == 1
         assert "InvalidAccessKeyId" in (row.last_error or "")
         assert await bench.journal.retry() == [accepted.call_id]
         up.wake()
-        with trio.fail_after(600):
-            while (await bench.journal.get_call(accepted.call_id)).state != "done":  # type: ignore[union-attr]
-                await trio.sleep(1)
+        await wait_state(bench, accepted.call_id, "done")
         nursery.cancel_scope.cancel()
 
 
@@ -149,9 +139,7 @@ async def test_head_404_right_after_put_is_unknown_not_lost(
     accepted = await bench.add_call(AUDIO, 1)
     async with trio.open_nursery() as nursery:
         await nursery.start(up.run)
-        with trio.fail_after(600):
-            while (await bench.journal.get_call(accepted.call_id)).state != "done":  # type: ignore[union-attr]
-                await trio.sleep(1)
+        await wait_state(bench, accepted.call_id, "done")
         nursery.cancel_scope.cancel()
     events = await bench.journal.events(accepted.call_id)
     assert any(e.kind == "upload_error" and "not visible yet" in (e.detail or "") for e in events)
@@ -175,9 +163,7 @@ async def test_slow_store_times_out_and_is_retried(
         assert "TR_VAULT_UPLOAD_TIMEOUT" in (row.last_error or "")
         assert row.state == "pending"
         store.put_delay = 0.0
-        with trio.fail_after(600):
-            while (await bench.journal.get_call(accepted.call_id)).state != "done":  # type: ignore[union-attr]
-                await trio.sleep(1)
+        await wait_state(bench, accepted.call_id, "done")
         nursery.cancel_scope.cancel()
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
+from tr_vault.durable import fsync_path
 from tr_vault.errors import (
     ConfigError,
     ObjectNotFound,
@@ -32,14 +33,6 @@ TEMP_PREFIX = ".tr-vault-tmp-"
 CHUNK_SIZE = 1024 * 1024
 
 T = TypeVar("T")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_atomic(target: Path, write: Callable[[Any], None]) -> None:
@@ -167,7 +160,7 @@ class FileStore:
                 "content_type": content_type,
             }
             _write_atomic(self._sidecar(target), lambda f: f.write(json.dumps(meta).encode()))
-            _fsync_dir(target.parent)
+            fsync_path(target.parent)
             return md5.hexdigest()
 
         try:
@@ -208,7 +201,7 @@ class FileStore:
             target.unlink(missing_ok=True)
             self._sidecar(target).unlink(missing_ok=True)
             if target.parent.exists():
-                _fsync_dir(target.parent)
+                fsync_path(target.parent)
 
         await self._run(f"delete {key}", delete_sync)
 
