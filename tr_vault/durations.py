@@ -37,19 +37,3 @@ def parse_duration(value: str | float | int) -> float:
     if seconds < 0:
         raise ValueError(f"{value!r}: a duration cannot be negative")
     return seconds
-
-
-def format_duration(seconds: float) -> str:
-    """The shortest Go-style spelling of `seconds`, for logs and docs."""
-    if seconds == 0:
-        return "0s"
-    out = []
-    rest = seconds
-    for unit, size in (("h", 3600.0), ("m", 60.0)):
-        if rest >= size:
-            count = int(rest // size)
-            out.append(f"{count}{unit}")
-            rest -= count * size
-    if rest:
-        out.append(f"{rest:g}s")
-    return "".join(out)

@@ -349,12 +349,6 @@ class Journal:
         now = self.clock()
         return await self._run(lambda conn: status_summary(conn, now))
 
-    async def count_calls(self) -> int:
-        def read(conn: sqlite3.Connection) -> int:
-            return int(conn.execute("SELECT count(*) FROM calls").fetchone()[0])
-
-        return await self._run(read)
-
     async def check_writable(self) -> None:
         """Take and release the write lock: proves the journal can commit right now."""
 
@@ -363,14 +357,6 @@ class Journal:
             conn.execute("ROLLBACK")
 
         await self._run(probe)
-
-    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        """Rows of a read-only statement as dicts (for status and audit views)."""
-
-        def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            return [dict(r) for r in conn.execute(sql, params)]
-
-        return await self._run(read)
 
 
 def _event(conn: sqlite3.Connection, call_id: int, at: str, kind: str, detail: str | None) -> None:

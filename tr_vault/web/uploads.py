@@ -51,7 +51,7 @@ def upload_blueprint(ctx: WebContext) -> Blueprint:
     ) -> bool:
         if request.method != "POST":
             raise IntakeError(405, "Unsupported method\n")
-        free = await trio.to_thread.run_sync(ctx.cache.free_bytes)
+        free = ctx.cache.free_bytes()  # one statvfs: cheaper inline than a thread hop
         if free < settings.min_free_mb * 1024 * 1024:
             raise IntakeError(
                 507, "Insufficient storage on the server: the call was not stored, retry later\n"
