@@ -266,9 +266,9 @@ class Journal:
 
     async def upload_done(
         self, call_id: int, worker: str, etag: str | None, *, evict: bool
-    ) -> None:
+    ) -> bool:
         now = self.clock()
-        await self._run(lambda conn: upload_done(conn, call_id, worker, now, etag, evict))
+        return await self._run(lambda conn: upload_done(conn, call_id, worker, now, etag, evict))
 
     async def upload_failed(
         self,
@@ -454,7 +454,10 @@ def requeue(
 
 
 def retry(conn: sqlite3.Connection, now: float, call_ids: Sequence[int] | None) -> list[int]:
-    """An operator's retry: failed rows (all, or `call_ids`) back to pending, attempts reset."""
+    """An operator's retry: failed rows (all, or `call_ids`) back to pending, attempts reset.
+
+    A pending row that a worker holds right now is left to that worker.
+    """
     at = to_db(now)
     with transaction(conn):
         if call_ids is None:
@@ -464,8 +467,8 @@ def retry(conn: sqlite3.Connection, now: float, call_ids: Sequence[int] | None) 
             ids = [
                 r[0]
                 for r in conn.execute(
-                    f"SELECT id FROM calls WHERE id IN ({marks})"
-                    " AND state IN ('failed', 'pending')",
+                    f"SELECT id FROM calls WHERE id IN ({marks}) AND (state = 'failed'"
+                    " OR (state = 'pending' AND claimed_by IS NULL))",
                     tuple(call_ids),
                 )
             ]
@@ -481,20 +484,24 @@ def retry(conn: sqlite3.Connection, now: float, call_ids: Sequence[int] | None) 
 
 def upload_done(
     conn: sqlite3.Connection, call_id: int, worker: str, now: float, etag: str | None, evict: bool
-) -> None:
+) -> bool:
+    """Mark a verified upload `done`; False (and nothing written) if the claim was lost."""
     at = to_db(now)
     with transaction(conn):
-        conn.execute(
+        cur = conn.execute(
             "UPDATE calls SET state = 'done', attempts = attempts + 1, etag = ?, uploaded_at = ?,"
             " verified_at = ?, last_error = NULL, next_attempt_at = NULL, claimed_by = NULL,"
             " claimed_at = NULL WHERE id = ? AND claimed_by = ?",
             (etag, at, at, call_id, worker),
         )
+        if not cur.rowcount:
+            return False
         _event(conn, call_id, at, "upload_ok", json.dumps({"etag": etag}))
         _event(conn, call_id, at, "verified", "size and sha256 match")
         if evict:
             conn.execute("UPDATE calls SET cached = 0, pruned_at = ? WHERE id = ?", (at, call_id))
             _event(conn, call_id, at, "uncached", "S3-only mode: local copy removed")
+    return True
 
 
 def upload_failed(

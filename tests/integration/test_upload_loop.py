@@ -206,3 +206,21 @@ async def test_backlog_drains_in_claims_of_one_row(
     assert len(store.objects) == 300
     # The journal is the queue: never more rows in hand than workers.
     assert most_claimed <= 4
+
+
+async def test_an_operator_retry_never_steals_a_claim_in_hand(
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
+    bench = await open_bench(tmp_path)
+    accepted = await bench.add_call(AUDIO, 1)
+    claim = await bench.journal.claim_next("r1:w0")
+    assert claim.job is not None
+    # `tr-vault retry --id N` while a worker uploads N: the worker keeps it.
+    assert await bench.journal.retry([accepted.call_id]) == []
+    assert await bench.journal.upload_done(accepted.call_id, "r1:w0", "etag", evict=False)
+    # A finished upload whose claim is gone changes nothing.
+    assert not await bench.journal.upload_done(accepted.call_id, "r1:w0", "etag", evict=True)
+    row = await bench.journal.get_call(accepted.call_id)
+    assert row is not None and row.state == "done" and row.cached == 1
+    kinds = [e.kind for e in await bench.journal.events(accepted.call_id)]
+    assert kinds == ["received", "upload_ok", "verified"]

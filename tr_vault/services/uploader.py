@@ -159,9 +159,12 @@ class Uploader:
         if self.metrics:
             self.metrics.upload_attempts.labels(result="ok").inc()
             self.metrics.upload_seconds.observe(trio.current_time() - started)
-        if self.policy.evict_after_upload:
+        evict = self.policy.evict_after_upload
+        if not await self.journal.upload_done(job.id, worker, etag, evict=evict):
+            log.warning("upload of call_id=%d finished after its claim was taken back", job.id)
+            return False
+        if evict:  # after the journal says so: a crash in between leaves a stray file, not a hole
             await self.cache.remove(job.key)
-        await self.journal.upload_done(job.id, worker, etag, evict=self.policy.evict_after_upload)
         log.info("uploaded call_id=%d key=%s etag=%s", job.id, job.key, etag)
         return True
 
