@@ -40,7 +40,10 @@ CREATE TABLE calls (
 );
 
 CREATE INDEX calls_due ON calls (state, next_attempt_at);
-CREATE INDEX calls_prunable ON calls (cached, state, uploaded_at);
+-- size rides along so the cache's total (sum(size) WHERE cached = 1) is read from the index.
+CREATE INDEX calls_prunable ON calls (cached, state, uploaded_at, size);
+-- counts and bytes per state (summary, metrics) without reading the table.
+CREATE INDEX calls_state_size ON calls (state, size);
 CREATE INDEX calls_system_start ON calls (system, start_time);
 CREATE INDEX calls_talkgroup_start ON calls (talkgroup, start_time);
 CREATE INDEX calls_received ON calls (received_at);

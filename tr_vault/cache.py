@@ -9,11 +9,12 @@ fsynced. Only then is the journal row committed and 200 sent.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
 from collections.abc import Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import trio
 
@@ -84,8 +85,8 @@ class AudioCache:
         return TempAudio(self.incoming / f"{secrets.token_hex(8)}.part")
 
     def path(self, key: str) -> Path:
-        parts = PurePosixPath(key).parts
-        if not parts or any(p in ("", ".", "..") or p.startswith(".") for p in parts):
+        parts = key.split("/")
+        if any(p in ("", ".", "..") or p.startswith(".") or "\\" in p for p in parts):
             raise ValueError(f"unsafe storage key {key!r}")
         return self.root.joinpath(*parts)
 
@@ -155,5 +156,5 @@ class AudioCache:
                 except OSError:  # not empty (or already gone): stop climbing
                     break
                 parent = parent.parent
-        if parent.exists():
+        with contextlib.suppress(FileNotFoundError):  # another removal took the directory
             fsync_path(parent)

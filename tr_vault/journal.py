@@ -311,7 +311,7 @@ class Journal:
 
     async def prune_candidates(
         self, *, retention: float, max_bytes: int, low_water: float, limit: int
-    ) -> tuple[list[PruneCandidate], int]:
+    ) -> tuple[list[PruneCandidate], int | None]:
         now = self.clock()
         return await self._run(
             lambda conn: prune_candidates(
@@ -597,15 +597,18 @@ def prune_candidates(
     max_bytes: int,
     low_water: float,
     limit: int,
-) -> tuple[list[PruneCandidate], int]:
-    """Cached files of `done` rows that may go, oldest first, and the cache's size in bytes.
+) -> tuple[list[PruneCandidate], int | None]:
+    """Cached files of `done` rows that may go, oldest first, and the cache's size in bytes
+    (None when there is no size cap, so no need to add it up).
 
     Past `retention` they go for age; while the cache is over `max_bytes`, the oldest go
     until it is down to `low_water * max_bytes`. Never a pending or failed row.
     """
-    cached_bytes = int(
-        conn.execute("SELECT coalesce(sum(size), 0) FROM calls WHERE cached = 1").fetchone()[0]
-    )
+    cached_bytes = None
+    if max_bytes > 0:  # the sum reads the covering index calls_prunable; skip it when uncapped
+        cached_bytes = int(
+            conn.execute("SELECT coalesce(sum(size), 0) FROM calls WHERE cached = 1").fetchone()[0]
+        )
     columns = "id, key, size, sha256, uploaded_at"
     picked: list[PruneCandidate] = []
     if retention > 0:
@@ -615,7 +618,7 @@ def prune_candidates(
             (to_db(now - retention), limit),
         )
         picked = [PruneCandidate(**dict(r), reason="age") for r in rows]
-    if max_bytes > 0 and cached_bytes > max_bytes:
+    if cached_bytes is not None and cached_bytes > max_bytes:
         need = cached_bytes - int(low_water * max_bytes) - sum(c.size for c in picked)
         chosen = {c.id for c in picked}
         rows = conn.execute(

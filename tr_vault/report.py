@@ -99,7 +99,8 @@ def print_failed(settings: Settings, *, as_json: bool) -> None:
 
 def print_prune(report: PruneReport) -> None:
     verb = "would" if report.dry_run else "did"
-    click.echo(f"cache: {report.cached_bytes} bytes; {report.heads} HEAD requests")
+    size = "uncapped" if report.cached_bytes is None else f"{report.cached_bytes} bytes"
+    click.echo(f"cache: {size}; {report.heads} HEAD requests")
     for d in report.decisions:
         click.echo(f"{d.action:>8}  call {d.candidate.id}  {d.candidate.key}  ({d.why})")
     click.echo(

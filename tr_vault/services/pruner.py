@@ -45,7 +45,7 @@ class Decision:
 
 @dataclass
 class PruneReport:
-    cached_bytes: int = 0
+    cached_bytes: int | None = None  # measured only when a size cap is set
     decisions: list[Decision] = field(default_factory=list)
     heads: int = 0
     dry_run: bool = False
@@ -85,7 +85,13 @@ class Pruner:
         task_status.started()
         while True:
             await trio.sleep(self.policy.interval)
-            report = await self.run_pass()
+            try:
+                report = await self.run_pass()
+            except Exception:  # a maintenance pass must never take intake down with it
+                log.exception(
+                    "prune pass failed; the next one runs in %.0f s", self.policy.interval
+                )
+                continue
             if report.decisions:
                 log.info(
                     "prune pass deleted=%d freed_bytes=%d kept=%d reupload=%d heads=%d",
