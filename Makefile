@@ -34,3 +34,7 @@ check: dev
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+bench: dev
+	$(BIN)/python bench/intake.py --mode all --rounds 3
+	$(BIN)/python bench/prune_pass.py --rows 100000
