@@ -24,6 +24,7 @@ from tr_vault.errors import JournalError
 from tr_vault.timefmt import WallClock, from_db, system_clock, to_db
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+BUSY_TIMEOUT = 5.0  # seconds a statement waits for another connection's write lock
 
 T = TypeVar("T")
 
@@ -89,7 +90,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA busy_timeout = 5000")
+    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
     conn.execute("PRAGMA foreign_keys = ON")
     if not readonly:
         conn.execute("PRAGMA journal_mode = WAL")
@@ -179,7 +180,10 @@ class Journal:
         await self._run(lambda conn: conn.close())
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await trio.to_thread.run_sync(fn, self._conn, limiter=self._limiter)
+        try:
+            return await trio.to_thread.run_sync(fn, self._conn, limiter=self._limiter)
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal {self.path}: {exc}") from exc
 
     def _now(self) -> str:
         return to_db(self.clock())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import httpx
+import pytest
 import trio
 
 from tests.conftest import Vault, VaultFactory
@@ -153,3 +154,25 @@ async def test_graceful_shutdown_finishes_an_upload_in_flight(vault: Vault) -> N
         await vault.stop()
     assert result[0].status_code == 200
     assert len(vault.calls()) == 1
+
+
+async def test_a_locked_journal_refuses_with_503_and_leaves_no_file(
+    make_vault: VaultFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("tr_vault.journal.BUSY_TIMEOUT", 0.2)
+    vault = await make_vault()
+    blocker = vault.db()
+    blocker.execute("BEGIN IMMEDIATE")  # an operator's long write transaction
+    try:
+        refused = await vault.post("/api/call-upload", rdio_trunk_recorder(M4A))
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert refused.status_code == 503
+    assert "retry later" in refused.text
+    assert not list(vault.settings.audio_dir.rglob("*.m4a"))
+    # The recorder's retry lands under the call's own name.
+    again = await vault.post("/api/call-upload", rdio_trunk_recorder(M4A))
+    assert again.status_code == 200
+    [call] = vault.calls()
+    assert call["key"] == "metro/2025-11-24/9131-1764001234_851012500.0-call_123.m4a"

@@ -224,3 +224,26 @@ async def test_an_operator_retry_never_steals_a_claim_in_hand(
     assert row is not None and row.state == "done" and row.cached == 1
     kinds = [e.kind for e in await bench.journal.events(accepted.call_id)]
     assert kinds == ["received", "upload_ok", "verified"]
+
+
+async def test_workers_outlast_a_locked_journal(
+    tmp_path: Path, clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("tr_vault.journal.BUSY_TIMEOUT", 0.1)
+    bench = await open_bench(tmp_path)
+    accepted = await bench.add_call(AUDIO, 1)
+    store = MemoryStore()
+    up = Uploader(bench.journal, bench.cache, store, policy(workers=2), run_id="r1")
+    import sqlite3
+
+    blocker = sqlite3.connect(bench.journal.path)
+    blocker.execute("BEGIN IMMEDIATE")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(up.run)
+        await trio.sleep(2)  # the workers' claims fail while the lock is held
+        assert store.puts == []
+        blocker.rollback()
+        blocker.close()
+        await wait_state(bench, accepted.call_id, "done")
+        nursery.cancel_scope.cancel()
+    assert len(store.puts) == 1

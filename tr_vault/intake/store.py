@@ -18,6 +18,7 @@ import trio
 
 from tr_vault.cache import AudioCache, TempAudio
 from tr_vault.call import CallMeta
+from tr_vault.errors import JournalError
 from tr_vault.intake.fields import safe_name
 from tr_vault.journal import Duplicate, Inserted, Journal, KeyTaken
 from tr_vault.timefmt import utc_date
@@ -79,9 +80,13 @@ class Intake:
         detail = json.dumps({"protocol": meta.protocol, "notes": list(meta.notes)} if meta.notes
                             else {"protocol": meta.protocol})  # fmt: skip
         while True:
-            result = await self.journal.insert_call(
-                meta, audio, state=self.initial_state, event_detail=detail
-            )
+            try:
+                result = await self.journal.insert_call(
+                    meta, audio, state=self.initial_state, event_detail=detail
+                )
+            except JournalError:
+                await self.cache.remove(audio.key)  # no row points at it: not a call yet
+                raise
             if isinstance(result, Inserted):
                 log.info("stored call_id=%d key=%s size=%d", result.call_id, audio.key, audio.size)
                 return Accepted(result.call_id, audio.key, duplicate=False)

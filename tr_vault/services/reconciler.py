@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import trio
 
+from tr_vault.errors import JournalError
 from tr_vault.journal import Journal, Requeued
 
 log = logging.getLogger(__name__)
@@ -38,4 +39,7 @@ async def run_reconciler(
     task_status.started()
     while True:
         await trio.sleep(interval)
-        await reconcile_once(journal, run_id, wake)
+        try:
+            await reconcile_once(journal, run_id, wake)
+        except JournalError as exc:
+            log.warning("reconcile pass failed (%s); next one in %.0f s", exc, interval)

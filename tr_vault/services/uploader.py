@@ -19,7 +19,7 @@ import trio
 
 from tr_vault.cache import AudioCache
 from tr_vault.call import UploadJob
-from tr_vault.errors import ObjectNotFound, StorageError
+from tr_vault.errors import JournalError, ObjectNotFound, StorageError
 from tr_vault.journal import Journal
 from tr_vault.metrics import Metrics
 from tr_vault.storage.base import ObjectInfo, ObjectStore, audio_object_key
@@ -121,13 +121,17 @@ class Uploader:
     async def _worker(self, worker: str) -> None:
         while not self._stopping.is_set():
             wakeup = self._wakeup  # taken before reading, so a wake in between is not missed
-            claim = await self.journal.claim_next(worker)
-            if claim.job is None:
+            try:
+                claim = await self.journal.claim_next(worker)
+                if claim.job is not None:
+                    await self._process(claim.job, worker)
+                    continue
                 wait = IDLE_POLL if claim.next_due_in is None else min(claim.next_due_in, IDLE_POLL)
-                with trio.move_on_after(wait):
-                    await wakeup.wait()
-                continue
-            await self._process(claim.job, worker)
+            except JournalError as exc:  # e.g. locked by an operator's long transaction
+                log.warning("upload worker %s: %s; trying again in %.0f s", worker, exc, IDLE_POLL)
+                wait = IDLE_POLL
+            with trio.move_on_after(wait):
+                await wakeup.wait()
 
     async def upload_now(self, call_id: int) -> bool:
         """Upload one call right away (sync mode); True when it is verified in the store.

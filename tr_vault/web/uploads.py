@@ -9,7 +9,7 @@ import trio
 from quart import Blueprint, Response, request
 
 from tr_vault.call import CallMeta
-from tr_vault.errors import IntakeError
+from tr_vault.errors import IntakeError, JournalError
 from tr_vault.intake import openmhz, rdio
 from tr_vault.intake.form import FormLimits, UploadForm, read_form
 from tr_vault.web.context import WebContext
@@ -74,6 +74,11 @@ def upload_blueprint(ctx: WebContext) -> Blueprint:
                 meta = validate(form)
                 assert form.audio is not None
                 accepted = await ctx.intake.store(meta, form.audio)
+            except JournalError as exc:
+                log.warning("journal write failed, call refused with 503: %s", exc)
+                raise IntakeError(
+                    503, "The server could not record the call (journal busy); retry later\n"
+                ) from None
             finally:
                 form.discard()
         finally:
