@@ -164,6 +164,8 @@ async def serve(
                         run_id=run_id,
                         interval=settings.reconcile_interval,
                         wake=uploader.wake,
+                        max_attempts=settings.upload_max_attempts,
+                        failed_retry_in=settings.failed_retry_interval,
                     )
                 )
 

@@ -303,9 +303,15 @@ class Journal:
     async def release(self, call_id: int, worker: str) -> None:
         await self._run(lambda conn: release(conn, call_id, worker))
 
-    async def requeue(self, run_id: str) -> Requeued:
+    async def requeue(
+        self, run_id: str, *, max_attempts: int | None = None, failed_retry_in: float = 21600.0
+    ) -> Requeued:
         now = self.clock()
-        return await self._run(lambda conn: requeue(conn, run_id, now))
+        return await self._run(
+            lambda conn: requeue(
+                conn, run_id, now, max_attempts=max_attempts, failed_retry_in=failed_retry_in
+            )
+        )
 
     async def retry(self, call_ids: Sequence[int] | None = None) -> list[int]:
         now = self.clock()
@@ -419,41 +425,57 @@ def claim_next(conn: sqlite3.Connection, worker: str, now: float, call_id: int |
         return Claim(_job(row), 0.0)
 
 
+INTERRUPTED = "upload interrupted: the process stopped mid-upload"
+
+
 def requeue(
-    conn: sqlite3.Connection, run_id: str, now: float, *, failed_too: bool = True
+    conn: sqlite3.Connection,
+    run_id: str,
+    now: float,
+    *,
+    max_attempts: int | None = None,
+    failed_retry_in: float = 21600.0,
 ) -> Requeued:
-    """Re-queue rows claimed by a run that is gone, and failed rows whose rest is over."""
+    """Re-queue rows claimed by a run that is gone, and failed rows whose rest is over.
+
+    An interrupted upload counts as an attempt, so a call that brings the process down every
+    time it is uploaded ends `failed` after `max_attempts` instead of looping forever.
+    """
     at = to_db(now)
     with transaction(conn):
-        stale = [
+        stale = conn.execute(
+            "SELECT id, attempts FROM calls WHERE state = 'pending' AND claimed_by IS NOT NULL"
+            " AND claimed_by NOT LIKE ? || ':%'",
+            (run_id,),
+        ).fetchall()
+        for call_id, attempts in stale:
+            give_up = max_attempts is not None and attempts + 1 >= max_attempts
+            conn.execute(
+                "UPDATE calls SET state = ?, attempts = attempts + 1, last_error = ?,"
+                " claimed_by = NULL, claimed_at = NULL, next_attempt_at = ? WHERE id = ?",
+                (
+                    "failed" if give_up else "pending",
+                    INTERRUPTED,
+                    to_db(now + failed_retry_in) if give_up else at,
+                    call_id,
+                ),
+            )
+            if give_up:
+                _event(conn, call_id, at, "failed", f"{attempts + 1} attempts: {INTERRUPTED}")
+            else:
+                _event(conn, call_id, at, "requeued", INTERRUPTED)
+        failed = [
             r[0]
             for r in conn.execute(
-                "SELECT id FROM calls WHERE state = 'pending' AND claimed_by IS NOT NULL"
-                " AND claimed_by NOT LIKE ? || ':%'",
-                (run_id,),
+                "SELECT id FROM calls WHERE state = 'failed' AND next_attempt_at <= ?", (at,)
             )
         ]
-        for call_id in stale:
+        for call_id in failed:
             conn.execute(
-                "UPDATE calls SET claimed_by = NULL, claimed_at = NULL, next_attempt_at = ?"
-                " WHERE id = ?",
+                "UPDATE calls SET state = 'pending', next_attempt_at = ? WHERE id = ?",
                 (at, call_id),
             )
-            _event(conn, call_id, at, "requeued", "upload was interrupted (worker gone)")
-        failed: list[int] = []
-        if failed_too:
-            failed = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT id FROM calls WHERE state = 'failed' AND next_attempt_at <= ?", (at,)
-                )
-            ]
-            for call_id in failed:
-                conn.execute(
-                    "UPDATE calls SET state = 'pending', next_attempt_at = ? WHERE id = ?",
-                    (at, call_id),
-                )
-                _event(conn, call_id, at, "requeued", "failed upload retried on schedule")
+            _event(conn, call_id, at, "requeued", "failed upload retried on schedule")
     return Requeued(len(stale), len(failed))
 
 

@@ -247,3 +247,21 @@ async def test_workers_outlast_a_locked_journal(
         await wait_state(bench, accepted.call_id, "done")
         nursery.cancel_scope.cancel()
     assert len(store.puts) == 1
+
+
+async def test_a_call_interrupted_every_time_ends_failed(
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
+    bench = await open_bench(tmp_path)
+    accepted = await bench.add_call(AUDIO, 1)
+    for run in range(3):  # each run claims the call, then the process dies mid-upload
+        claim = await bench.journal.claim_next(f"run{run}:w0")
+        assert claim.job is not None and claim.job.id == accepted.call_id
+        await reconcile_once(bench.journal, f"run{run + 1}", lambda: None, max_attempts=3)
+    row = await bench.journal.get_call(accepted.call_id)
+    assert row is not None
+    assert row.state == "failed"
+    assert row.attempts == 3
+    assert row.last_error == "upload interrupted: the process stopped mid-upload"
+    kinds = [e.kind for e in await bench.journal.events(accepted.call_id)]
+    assert kinds == ["received", "requeued", "requeued", "failed"]
