@@ -48,12 +48,6 @@ class TempAudio:
     def md5(self) -> str:
         return self._md5.hexdigest()
 
-    def head(self, n: int) -> bytes:
-        """The first `n` bytes written (for sniffing the audio type)."""
-        self._file.flush()
-        with open(self.path, "rb") as f:
-            return f.read(n)
-
     def close(self) -> None:
         if not self._file.closed:
             self._file.close()

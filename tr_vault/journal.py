@@ -185,9 +185,6 @@ class Journal:
         except sqlite3.Error as exc:
             raise JournalError(f"journal {self.path}: {exc}") from exc
 
-    def _now(self) -> str:
-        return to_db(self.clock())
-
     # -- intake --------------------------------------------------------------------------
 
     async def insert_call(
@@ -198,69 +195,10 @@ class Journal:
         Checks for the same audio first (system + SHA-256): a duplicate gets a `duplicate`
         event on the existing call and no new row.
         """
-        now = self._now()
-
-        def txn(conn: sqlite3.Connection) -> InsertResult:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                dup = conn.execute(
-                    "SELECT id, key FROM calls WHERE system = ? AND sha256 = ?",
-                    (meta.system, audio.sha256),
-                ).fetchone()
-                if dup is not None:
-                    detail = json.dumps({"protocol": meta.protocol, "audio_name": meta.audio_name})
-                    _event(conn, dup["id"], now, "duplicate", detail)
-                    conn.execute("COMMIT")
-                    return Duplicate(dup["id"], dup["key"])
-                if conn.execute("SELECT 1 FROM calls WHERE key = ?", (audio.key,)).fetchone():
-                    conn.execute("ROLLBACK")
-                    return KeyTaken()
-                cur = conn.execute(
-                    "INSERT INTO calls (protocol, system, system_label, talkgroup,"
-                    " talkgroup_label, talkgroup_tag, talkgroup_group, source, frequency,"
-                    " start_time, stop_time, duration, emergency, audio_name, metadata, key,"
-                    " content_type, size, sha256, md5, state, next_attempt_at, received_at,"
-                    " uploaded_at, verified_at, cached)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-                    " ?, ?, ?, 1)",
-                    (
-                        meta.protocol,
-                        meta.system,
-                        meta.system_label,
-                        meta.talkgroup,
-                        meta.talkgroup_label,
-                        meta.talkgroup_tag,
-                        meta.talkgroup_group,
-                        meta.source,
-                        meta.frequency,
-                        to_db(meta.start_time),
-                        to_db(meta.stop_time) if meta.stop_time is not None else None,
-                        meta.duration,
-                        int(meta.emergency),
-                        meta.audio_name,
-                        json.dumps(meta.metadata, separators=(",", ":")),
-                        audio.key,
-                        meta.content_type,
-                        audio.size,
-                        audio.sha256,
-                        audio.md5,
-                        state,
-                        now if state == "pending" else None,
-                        now,
-                        None,
-                        None,
-                    ),
-                )
-                call_id = int(cur.lastrowid or 0)
-                _event(conn, call_id, now, "received", event_detail)
-                conn.execute("COMMIT")
-                return Inserted(call_id)
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-
-        return await self._run(txn)
+        now = self.clock()
+        return await self._run(
+            lambda conn: insert_call(conn, meta, audio, state, now, event_detail)
+        )
 
     # -- upload workers ------------------------------------------------------------------
 
@@ -393,6 +331,64 @@ _JOB_COLUMNS = "id, key, size, sha256, md5, content_type, attempts"
 
 def _job(row: sqlite3.Row) -> UploadJob:
     return UploadJob(**dict(row))
+
+
+def insert_call(
+    conn: sqlite3.Connection,
+    meta: CallMeta,
+    audio: StoredAudio,
+    state: str,
+    now: float,
+    detail: str | None,
+) -> InsertResult:
+    """See `Journal.insert_call`: duplicate check, key check and insert in one transaction."""
+    at = to_db(now)
+    with transaction(conn):
+        dup = conn.execute(
+            "SELECT id, key FROM calls WHERE system = ? AND sha256 = ?",
+            (meta.system, audio.sha256),
+        ).fetchone()
+        if dup is not None:
+            note = json.dumps({"protocol": meta.protocol, "audio_name": meta.audio_name})
+            _event(conn, dup["id"], at, "duplicate", note)
+            return Duplicate(dup["id"], dup["key"])
+        if conn.execute("SELECT 1 FROM calls WHERE key = ?", (audio.key,)).fetchone():
+            return KeyTaken()  # nothing written: the commit is empty
+        cur = conn.execute(
+            "INSERT INTO calls (protocol, system, system_label, talkgroup, talkgroup_label,"
+            " talkgroup_tag, talkgroup_group, source, frequency, start_time, stop_time, duration,"
+            " emergency, audio_name, metadata, key, content_type, size, sha256, md5, state,"
+            " next_attempt_at, received_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                meta.protocol,
+                meta.system,
+                meta.system_label,
+                meta.talkgroup,
+                meta.talkgroup_label,
+                meta.talkgroup_tag,
+                meta.talkgroup_group,
+                meta.source,
+                meta.frequency,
+                to_db(meta.start_time),
+                to_db(meta.stop_time) if meta.stop_time is not None else None,
+                meta.duration,
+                int(meta.emergency),
+                meta.audio_name,
+                json.dumps(meta.metadata, separators=(",", ":")),
+                audio.key,
+                meta.content_type,
+                audio.size,
+                audio.sha256,
+                audio.md5,
+                state,
+                at if state == "pending" else None,
+                at,
+            ),
+        )
+        call_id = int(cur.lastrowid or 0)
+        _event(conn, call_id, at, "received", detail)
+    return Inserted(call_id)
 
 
 def claim_next(conn: sqlite3.Connection, worker: str, now: float, call_id: int | None) -> Claim:

@@ -265,3 +265,24 @@ async def test_a_call_interrupted_every_time_ends_failed(
     assert row.last_error == "upload interrupted: the process stopped mid-upload"
     kinds = [e.kind for e in await bench.journal.events(accepted.call_id)]
     assert kinds == ["received", "requeued", "requeued", "failed"]
+
+
+async def test_a_journal_error_after_the_commit_does_not_refuse_the_call(tmp_path: Path) -> None:
+    # Sync mode uploads right after the row is committed; if the journal fails then, the
+    # call is already safe and must still be acknowledged (the workers retry the upload).
+    from tr_vault.errors import JournalError
+    from tr_vault.intake.store import Intake
+
+    bench = await open_bench(tmp_path)
+
+    async def failing_upload(call_id: int) -> None:
+        raise JournalError("journal vault.db: database is locked")
+
+    bench.intake = Intake(
+        bench.journal, bench.cache, initial_state="pending", on_stored=failing_upload
+    )
+    accepted = await bench.add_call(AUDIO, 1)
+    assert not accepted.duplicate
+    row = await bench.journal.get_call(accepted.call_id)
+    assert row is not None and row.state == "pending"
+    assert bench.cache.path(accepted.key).read_bytes() == AUDIO

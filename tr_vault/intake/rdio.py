@@ -94,7 +94,7 @@ def call_upload(form: UploadForm, keys: ApiKeys) -> CallMeta:
     size = form.audio.size if form.audio else 0
     _incomplete(size, start, system, talkgroup)
     assert start is not None and system is not None and talkgroup is not None
-    name, content_type = _audio_name(form, _part_type(form))
+    name, content_type = _audio_name(form, form.audio_content_type)
 
     notes: list[str] = []
     sources = f.optional_json("sources", form.get("sources"), notes)
@@ -142,7 +142,7 @@ def trunk_recorder_call_upload(form: UploadForm, keys: ApiKeys) -> CallMeta:
     size = form.audio.size if form.audio else 0
     _incomplete(size, start, system, talkgroup)
     assert start is not None and system is not None and talkgroup is not None
-    name, content_type = _audio_name(form, _part_type(form))
+    name, content_type = _audio_name(form, form.audio_content_type)
     stop = f.any_float(pick("stopTime", "stop_time"))
     sources = meta.get("srcList")
     emergency = f.any_int(pick("emergency", "emergency")) or 0
@@ -166,7 +166,3 @@ def trunk_recorder_call_upload(form: UploadForm, keys: ApiKeys) -> CallMeta:
         emergency=emergency > 0,
         metadata=metadata,
     )
-
-
-def _part_type(form: UploadForm) -> str | None:
-    return form.audio_content_type

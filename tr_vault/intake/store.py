@@ -71,7 +71,10 @@ class Intake:
         with trio.CancelScope(shield=True):
             accepted = await self._store(meta, temp)
         if self.on_stored is not None and not accepted.duplicate:
-            await self.on_stored(accepted.call_id)
+            try:
+                await self.on_stored(accepted.call_id)
+            except JournalError as exc:  # the call is committed: it is safe, the workers retry
+                log.warning("after storing call_id=%d: %s", accepted.call_id, exc)
         return accepted
 
     async def _store(self, meta: CallMeta, temp: TempAudio) -> Accepted:
