@@ -22,7 +22,7 @@ from types import TracebackType
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / "shared" / "fixtures"
+FIXTURES = REPO / "tests" / "fixtures"
 MOTO_ACCESS_KEY = "testing"
 MOTO_SECRET_KEY = "testing"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
