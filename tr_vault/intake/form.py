@@ -42,6 +42,15 @@ class UploadForm:
                 return value.strip()
         return None
 
+    def get_named(self, *names: str) -> tuple[str, str | None]:
+        """`get`, with the name the value came by (the first name when none): an error about
+        it names the field the client sent."""
+        for name in names:
+            value = self.get(name)
+            if value is not None:
+                return name, value
+        return names[0], None
+
     def discard(self) -> None:
         if self.audio is not None:
             self.audio.discard()

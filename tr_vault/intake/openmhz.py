@@ -51,17 +51,20 @@ def upload(system: str, form: UploadForm, keys: ApiKeys) -> CallMeta:
     name = f.safe_name(raw_name, "file name")
     if form.audio.size == 0:
         raise IntakeError(400, "Missing audio: the 'call' file part is empty\n")
-    talkgroup = f.positive_int(form.get("talkgroup_num"))
+    talkgroup = f.required("talkgroup_num", form.get("talkgroup_num"), f.positive_int)
     if talkgroup is None:
         raise IntakeError(
             400, "Missing or invalid 'talkgroup_num': a talkgroup id > 0 is required\n"
         )
-    start = f.unix_or_rfc3339(form.get("start_time"))
+    start = f.required("start_time", form.get("start_time"), f.epoch)
     if start is None:
         raise IntakeError(400, "Missing or invalid 'start_time': Unix seconds are required\n")
-    stop = f.unix_or_rfc3339(form.get("stop_time"))
     notes: list[str] = []
     sources = f.optional_json("source_list", form.get("source_list"), notes)
+    # OpenMHz goes by the name's extension (checked above), not the part's Content-Type.
+    content_type = f.audio_type(name, [], notes)
+    metadata = f.text_fields(form.fields, drop=("api_key",))
+    f.keep_part_type(form.audio_content_type, content_type, metadata)
     return CallMeta(
         protocol="openmhz",
         system=system,
@@ -69,12 +72,12 @@ def upload(system: str, form: UploadForm, keys: ApiKeys) -> CallMeta:
         talkgroup=talkgroup,
         start_time=start,
         audio_name=name,
-        content_type=f.audio_type(name, None),
-        source=f.first_source(sources),
-        frequency=f.any_int(form.get("freq")),
-        stop_time=stop,
-        duration=f.any_float(form.get("call_length")),
-        emergency=(f.any_int(form.get("emergency")) or 0) > 0,
-        metadata=f.text_fields(form.fields, drop=("api_key",)),
+        content_type=content_type,
+        source=f.first_source("source_list", sources, notes),
+        frequency=f.optional("freq", form.get("freq"), f.any_int, notes),
+        stop_time=f.optional("stop_time", form.get("stop_time"), f.epoch, notes),
+        duration=f.optional("call_length", form.get("call_length"), f.any_float, notes),
+        emergency=(f.optional("emergency", form.get("emergency"), f.any_int, notes) or 0) > 0,
+        metadata=metadata,
         notes=tuple(notes),
     )

@@ -7,7 +7,6 @@ because SDRTrunk reads them (its connection test needs `Incomplete call data: no
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -22,12 +21,11 @@ SUCCESS = "Call imported successfully.\n"
 MIN_AUDIO_BYTES = 45  # rdio-scanner: audio of 44 bytes or less (an empty WAV header) is no audio
 
 
-def _system_names(form: UploadForm, meta: dict[str, Any] | None = None) -> tuple[int | None, str]:
-    system = f.positive_int(form.get("system", "systemId"))
+def _system_label(form: UploadForm, meta: dict[str, Any] | None = None) -> str:
     label = form.get("systemLabel") or ""
     if not label and meta and isinstance(meta.get("short_name"), str):
         label = meta["short_name"]
-    return system, label
+    return label
 
 
 def check_key(form: UploadForm, keys: ApiKeys, talkgroup: int | None = None) -> None:
@@ -35,7 +33,8 @@ def check_key(form: UploadForm, keys: ApiKeys, talkgroup: int | None = None) -> 
     if not keys:
         return
     key = form.get("key")
-    system, label = _system_names(form)
+    system = f.lenient(f.positive_int, form.get("system", "systemId"))
+    label = _system_label(form)
     allowed = keys.known(key) if system is None else keys.check(key, str(system), label)
     if not allowed:
         raise IntakeError(
@@ -71,36 +70,66 @@ def _incomplete(audio_size: int, start: float | None, system: int | None, tg: in
         raise IntakeError(417, f"Incomplete call data: {reason}\n\n")
 
 
-def _audio_name(form: UploadForm, content_type_hint: str | None) -> tuple[str, str]:
+def _audio_name(form: UploadForm, notes: list[str]) -> tuple[str, str]:
+    """The file name and the stored type (from audioType, the part's Content-Type, the name)."""
     raw = form.get("audioName", "audioFilename") or form.audio_filename
-    declared = form.get("audioType", "audioMime") or content_type_hint
     if raw is None:
         tg = form.get("talkgroup", "talkgroupId") or "0"
         raw = f"{tg}-{form.get('dateTime', 'timestamp') or 'call'}"
     name = f.safe_name(raw, "audio file name")
-    content_type = f.audio_type(name, declared)
+    declarations = [
+        form.get_named("audioType", "audioMime"),
+        (f.PART_TYPE, form.audio_content_type),
+    ]
+    content_type = f.audio_type(name, declarations, notes)
     return f.ensure_extension(name, content_type), content_type
+
+
+def _required_ids(
+    form: UploadForm, keys: ApiKeys, talkgroup_field: tuple[str, str | None]
+) -> tuple[int | None, int | None]:
+    """System and talkgroup ids, after the key check: absent is rdio-scanner's 417, a number
+    that does not fit is a 400 naming it."""
+    check_key(form, keys, f.lenient(f.positive_int, talkgroup_field[1]))
+    system = f.required(*form.get_named("system", "systemId"), f.positive_int)
+    talkgroup = f.required(*talkgroup_field, f.positive_int)
+    return system, talkgroup
+
+
+def _source(
+    field: tuple[str, str | None], list_name: str, sources: Any, notes: list[str]
+) -> int | None:
+    """The unit id of the `source` field, else the first in the sources list.
+
+    A unit id the client sent that does not fit is noted and left NULL: no other id stands in.
+    """
+    name, value = field
+    try:
+        return f.positive_int(value) or f.first_source(list_name, sources, notes)
+    except f.OutOfRange as exc:
+        notes.append(f.out_of_range_note(name, value, exc))
+        return None
 
 
 def call_upload(form: UploadForm, keys: ApiKeys) -> CallMeta:
     """Validate `POST /api/call-upload` into a call, or raise the rdio-scanner answer."""
-    system, label = _system_names(form)
-    talkgroup = f.positive_int(form.get("talkgroup", "talkgroupId"))
-    check_key(form, keys, talkgroup)
-    start = f.unix_or_rfc3339(form.get("dateTime"))
+    system, talkgroup = _required_ids(form, keys, form.get_named("talkgroup", "talkgroupId"))
+    start = f.required("dateTime", form.get("dateTime"), f.epoch)
     if start is None:
-        millis = f.positive_int(form.get("timestamp"))
-        start = millis / 1000 if millis else None
+        start = f.required("timestamp", form.get("timestamp"), f.epoch_millis)
     size = form.audio.size if form.audio else 0
     _incomplete(size, start, system, talkgroup)
     assert start is not None and system is not None and talkgroup is not None
-    name, content_type = _audio_name(form, form.audio_content_type)
 
     notes: list[str] = []
+    name, content_type = _audio_name(form, notes)
     sources = f.optional_json("sources", form.get("sources"), notes)
     f.optional_json("frequencies", form.get("frequencies"), notes)
     f.optional_json("patches", form.get("patches", "patched_talkgroups"), notes)
-    source = f.positive_int(form.get("source", "unit")) or f.first_source(sources)
+    source = _source(form.get_named("source", "unit"), "sources", sources, notes)
+    metadata = f.text_fields(form.fields, drop=("key",))
+    f.keep_part_type(form.audio_content_type, content_type, metadata)
+    label = _system_label(form)
     return CallMeta(
         protocol="rdio",
         system=str(system),
@@ -113,8 +142,8 @@ def call_upload(form: UploadForm, keys: ApiKeys) -> CallMeta:
         talkgroup_tag=f.label(form.get("talkgroupTag")),
         talkgroup_group=f.label(form.get("talkgroupGroup", "talkgroupGroups")),
         source=source,
-        frequency=f.any_int(form.get("frequency")),
-        metadata=f.text_fields(form.fields, drop=("key",)),
+        frequency=f.optional("frequency", form.get("frequency"), f.any_int, notes),
+        metadata=metadata,
         notes=tuple(notes),
     )
 
@@ -123,31 +152,34 @@ def trunk_recorder_call_upload(form: UploadForm, keys: ApiKeys) -> CallMeta:
     """Validate `POST /api/trunk-recorder-call-upload` (call JSON in `meta`)."""
     raw_meta = form.get("meta")
     try:
-        meta = json.loads(raw_meta) if raw_meta is not None else {}
+        meta = f.strict_json(raw_meta) if raw_meta is not None else {}
     except ValueError:
         meta = None
     if not isinstance(meta, dict):
         raise IntakeError(417, "Invalid call data\n")
-    system, label = _system_names(form, meta)
 
-    def pick(form_name: str, meta_name: str) -> str | None:
+    def pick(form_name: str, meta_name: str) -> tuple[str, str | None]:
+        """A form field, else the `meta` value, with the name it came by."""
         value = form.get(form_name)
         if value is None and meta.get(meta_name) is not None:
-            value = str(meta[meta_name])
-        return value
+            return f"meta.{meta_name}", str(meta[meta_name])
+        return form_name, value
 
-    talkgroup = f.positive_int(pick("talkgroup", "talkgroup"))
-    check_key(form, keys, talkgroup)
-    start = f.unix_or_rfc3339(pick("dateTime", "start_time"))
+    system, talkgroup = _required_ids(form, keys, pick("talkgroup", "talkgroup"))
+    start = f.required(*pick("dateTime", "start_time"), f.epoch)
     size = form.audio.size if form.audio else 0
     _incomplete(size, start, system, talkgroup)
     assert start is not None and system is not None and talkgroup is not None
-    name, content_type = _audio_name(form, form.audio_content_type)
-    stop = f.any_float(pick("stopTime", "stop_time"))
-    sources = meta.get("srcList")
-    emergency = f.any_int(pick("emergency", "emergency")) or 0
+
+    notes: list[str] = []
+    name, content_type = _audio_name(form, notes)
+    stop = f.optional(*pick("stopTime", "stop_time"), f.epoch_number, notes)
+    emergency = f.optional(*pick("emergency", "emergency"), f.any_int, notes) or 0
+    source = _source(form.get_named("source"), "meta.srcList", meta.get("srcList"), notes)
     metadata = f.text_fields(form.fields, drop=("key", "meta"))
     metadata["meta"] = meta
+    f.keep_part_type(form.audio_content_type, content_type, metadata)
+    label = _system_label(form, meta)
     return CallMeta(
         protocol="rdio-tr",
         system=str(system),
@@ -156,13 +188,14 @@ def trunk_recorder_call_upload(form: UploadForm, keys: ApiKeys) -> CallMeta:
         start_time=start,
         audio_name=name,
         content_type=content_type,
-        talkgroup_label=f.label(pick("talkgroupLabel", "talkgroup_tag")),
-        talkgroup_tag=f.label(pick("talkgroupTag", "talkgroup_group_tag")),
-        talkgroup_group=f.label(pick("talkgroupGroup", "talkgroup_group")),
-        source=f.positive_int(form.get("source")) or f.first_source(sources),
-        frequency=f.any_int(pick("frequency", "freq")),
-        stop_time=stop if stop and stop > 0 else None,
-        duration=f.any_float(pick("callLength", "call_length")),
+        talkgroup_label=f.label(pick("talkgroupLabel", "talkgroup_tag")[1]),
+        talkgroup_tag=f.label(pick("talkgroupTag", "talkgroup_group_tag")[1]),
+        talkgroup_group=f.label(pick("talkgroupGroup", "talkgroup_group")[1]),
+        source=source,
+        frequency=f.optional(*pick("frequency", "freq"), f.any_int, notes),
+        stop_time=stop,
+        duration=f.optional(*pick("callLength", "call_length"), f.any_float, notes),
         emergency=emergency > 0,
         metadata=metadata,
+        notes=tuple(notes),
     )
