@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test check install dev clean bench
+.PHONY: run test soak check install dev clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ run: install
 
 test: dev
 	$(BIN)/pytest
+
+# Long profiles of the tests marked `soak` (the short ones run in `make test`); docs/reliability.md.
+# The faulthandler dump at 120 s (pyproject) would fire in every long run: it is moved out of the way.
+SOAK_ROUNDS ?= 50
+soak: dev
+	TR_VAULT_SOAK_ROUNDS=$(SOAK_ROUNDS) $(BIN)/pytest -m soak -s -o faulthandler_timeout=1800
 
 check: dev
 	$(BIN)/ruff check tr_vault tests bench

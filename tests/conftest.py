@@ -156,6 +156,7 @@ def s3_settings(bucket: Any, *, endpoint: str | None = None, **overrides: Any) -
         "upload_backoff_max": 0.2,
         "upload_timeout": 10.0,
         "reconcile_interval": 3600.0,
+        "store_probe_max": 0.5,
         "prune_interval": 3600.0,
         "shutdown_grace": 2.0,
     }

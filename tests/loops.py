@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +13,8 @@ from tr_vault.cache import AudioCache
 from tr_vault.call import CallMeta
 from tr_vault.intake.store import Accepted, Intake
 from tr_vault.journal import Journal
+from tr_vault.services.store_health import StoreHealth, probe_store, write_probe_file
+from tr_vault.storage.base import ObjectStore
 
 BASE_WALL = 1_764_000_000.0
 
@@ -41,13 +45,33 @@ class Bench:
         return await self.intake.store(meta, temp)
 
     def rows(self, sql: str, *params: object) -> list[tuple[object, ...]]:
-        import sqlite3
-
+        """Read from the journal through a connection of the test's own."""
         conn = sqlite3.connect(self.journal.path)
         try:
             return list(conn.execute(sql, params))
         finally:
             conn.close()
+
+    def execute(self, sql: str, *params: object) -> int:
+        """Change the journal (committed, so the code under test sees it); rows changed."""
+        conn = sqlite3.connect(self.journal.path)
+        try:
+            with conn:
+                changed = conn.execute(sql, params).rowcount
+            assert changed > 0, f"set-up changed nothing: {sql}"
+            return changed
+        finally:
+            conn.close()
+
+    def health(self, store: ObjectStore, *, max_interval: float = 60.0) -> StoreHealth:
+        """The store's health, probed as the server probes it (a PUT and a HEAD)."""
+        probe_file = write_probe_file(self.journal.path.parent / "store-probe")
+        return StoreHealth(
+            lambda: probe_store(store, probe_file, seconds=10.0),
+            max_interval=max_interval,
+            clock=virtual_wall_clock,
+            rng=random.Random(3),
+        )
 
 
 async def open_bench(tmp_path: Path, *, state: str = "pending") -> Bench:

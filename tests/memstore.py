@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,19 +23,36 @@ class Stored:
 
 @dataclass
 class MemoryStore:
-    """Objects in a dict; `faults` is a queue of errors the next operations raise."""
+    """Objects in a dict.
+
+    `faults` is a queue of errors the next operations raise (the store probe's PUT and HEAD
+    count too); `refusals` are errors an operation raises for as long as they are set (an
+    outage); `put_delays` slow the PUT of particular keys; `on_put` runs at each PUT.
+    """
 
     objects: dict[str, Stored] = field(default_factory=dict)
-    faults: deque[tuple[str, StorageError]] = field(default_factory=deque)
+    faults: deque[tuple[str, BaseException]] = field(default_factory=deque)
+    refusals: dict[str, StorageError] = field(default_factory=dict)
     puts: list[tuple[str, float]] = field(default_factory=list)  # (key, trio time)
     heads: list[tuple[str, float]] = field(default_factory=list)
     put_delay: float = 0.0
+    put_delays: dict[str, float] = field(default_factory=dict)
+    on_put: Callable[[str], None] | None = None
 
-    def fail(self, op: str, error: StorageError, times: int = 1) -> None:
+    def fail(self, op: str, error: BaseException, times: int = 1) -> None:
         for _ in range(times):
             self.faults.append((op, error))
 
+    def outage(self, error: StorageError | None) -> None:
+        """Every operation raises `error` until called again with None."""
+        self.refusals.clear()
+        if error is not None:
+            for op in ("check", "put", "head", "get", "delete"):
+                self.refusals[op] = error
+
     def _fault(self, op: str) -> None:
+        if op in self.refusals:
+            raise self.refusals[op]
         if self.faults and self.faults[0][0] == op:
             raise self.faults.popleft()[1]
 
@@ -46,8 +64,11 @@ class MemoryStore:
         self, key: str, path: Path, *, size: int, md5_hex: str, sha256_hex: str, content_type: str
     ) -> PutResult:
         self.puts.append((key, trio.current_time()))
-        if self.put_delay:
-            await trio.sleep(self.put_delay)
+        if self.on_put is not None:
+            self.on_put(key)
+        delay = self.put_delays.get(key, self.put_delay)
+        if delay:
+            await trio.sleep(delay)
         await trio.lowlevel.checkpoint()
         self._fault("put")
         data = path.read_bytes()
@@ -71,6 +92,7 @@ class MemoryStore:
 
     async def get(self, key: str) -> bytes:
         await trio.lowlevel.checkpoint()
+        self._fault("get")
         obj = self.objects.get(key)
         if obj is None:
             raise ObjectNotFound(f"get {key}: 404", status=404)

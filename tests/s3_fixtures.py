@@ -4,6 +4,7 @@
     moto_s3        function  S3Bucket on moto: state reset, bucket "tr-vault-test" created
     seaweedfs      session   S3Endpoint of one `weed mini` process (fails if `weed` is missing)
     seaweed_s3     function  S3Bucket on SeaweedFS: a fresh, uniquely named bucket
+    seaweed_write_only function  the same, with a key allowed only "Write" (PUT, not HEAD)
     store_backend  function  Backend: a store over "file" / "moto" / "seaweedfs" (parametrized)
 
 Bucket fixtures give `.client()` (boto3, to look into the bucket behind the store's back) and
@@ -34,6 +35,7 @@ import httpx
 import pytest
 from moto.server import ThreadedMotoServer
 
+from tr_vault.services.store_health import PROBE_KEY
 from tr_vault.storage.base import ObjectStore
 from tr_vault.storage.local import SIDECAR_SUFFIX, FileStore
 from tr_vault.storage.s3 import S3Store
@@ -42,6 +44,9 @@ MOTO_BUCKET = "tr-vault-test"
 REGION = "us-east-1"
 SEAWEED_ACCESS_KEY = "trvault-test-key"
 SEAWEED_SECRET_KEY = "trvault-test-secret"
+# A second identity with only the "Write" action: PUT works, HeadObject/HeadBucket get 403.
+SEAWEED_WRITE_ONLY_ACCESS_KEY = "trvault-write-only-key"
+SEAWEED_WRITE_ONLY_SECRET_KEY = "trvault-write-only-secret"
 SEAWEED_START_TIMEOUT = 60.0
 
 _clients: dict[tuple[str, str, str, str], Any] = {}
@@ -118,10 +123,14 @@ class S3Bucket(S3Endpoint):
         args.update(overrides)
         return S3Store(**args)
 
-    def keys(self) -> list[str]:
+    def all_keys(self) -> list[str]:
         """Every object key in the bucket (full keys, prefix included)."""
         pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket)
         return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
+
+    def keys(self) -> list[str]:
+        """Every call's object key: all keys but the store probe's (`.tr-vault/probe`)."""
+        return [k for k in self.all_keys() if not k.endswith(PROBE_KEY)]
 
     def read(self, full_key: str) -> bytes:
         body: bytes = self.client().get_object(Bucket=self.bucket, Key=full_key)["Body"].read()
@@ -345,7 +354,14 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
         "credentials": [{"accessKey": SEAWEED_ACCESS_KEY, "secretKey": SEAWEED_SECRET_KEY}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
     }
-    config.write_text(json.dumps({"identities": [identity]}))
+    write_only = {
+        "name": "tr-vault-write-only",
+        "credentials": [
+            {"accessKey": SEAWEED_WRITE_ONLY_ACCESS_KEY, "secretKey": SEAWEED_WRITE_ONLY_SECRET_KEY}
+        ],
+        "actions": ["Write"],
+    }
+    config.write_text(json.dumps({"identities": [identity, write_only]}))
     master, volume, filer, s3, admin = _free_port_pairs(5)
     args = [
         str(weed),
@@ -433,6 +449,19 @@ def seaweed_s3(seaweedfs: S3Endpoint) -> Iterator[S3Bucket]:
     yield bucket
     with contextlib.suppress(Exception):  # the server allows deleting a non-empty bucket
         client.delete_bucket(Bucket=bucket.bucket)
+
+
+@pytest.fixture
+def seaweed_write_only(seaweed_s3: S3Bucket) -> S3Bucket:
+    """`seaweed_s3`'s bucket seen through the write-only key (look behind it with
+    `seaweed_s3.client()`, which has every right)."""
+    return S3Bucket(
+        url=seaweed_s3.url,
+        region=seaweed_s3.region,
+        access_key=SEAWEED_WRITE_ONLY_ACCESS_KEY,
+        secret_key=SEAWEED_WRITE_ONLY_SECRET_KEY,
+        bucket=seaweed_s3.bucket,
+    )
 
 
 # -- one store, three backends ------------------------------------------------------------------

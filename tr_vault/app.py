@@ -19,12 +19,20 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from tr_vault.cache import AudioCache
 from tr_vault.config import Settings, StorageMode
-from tr_vault.errors import ConfigError, StoragePermanent, StorageUnavailable
+from tr_vault.errors import ConfigError
 from tr_vault.intake.store import Intake
-from tr_vault.journal import Journal
+from tr_vault.journal import Journal, set_store_health
+from tr_vault.lock import hold_data_dir
 from tr_vault.metrics import Metrics
 from tr_vault.services.pruner import PrunePolicy, Pruner, PruneReport
 from tr_vault.services.reconciler import run_reconciler
+from tr_vault.services.store_health import (
+    PROBE_TIMEOUT,
+    StoreHealth,
+    StoreStatus,
+    probe_store,
+    write_probe_file,
+)
 from tr_vault.services.uploader import Uploader, UploadPolicy
 from tr_vault.storage.base import ObjectStore
 from tr_vault.timefmt import WallClock, system_clock
@@ -46,7 +54,7 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
     return config
 
 
-STARTUP_CHECK_TIMEOUT = 5.0
+STARTUP_PROBE_WAIT = 5.0  # start-up waits this long for the store's first probe
 
 
 def open_store(settings: Settings) -> ObjectStore | None:
@@ -82,19 +90,32 @@ def prune_policy(settings: Settings) -> PrunePolicy:
     )
 
 
-async def check_store(store: ObjectStore, settings: Settings) -> None:
-    """Bad credentials or a missing bucket stop start-up; an unreachable store only warns."""
-    try:
-        with trio.fail_after(STARTUP_CHECK_TIMEOUT):
-            await store.check()
-    except StoragePermanent as exc:
-        raise ConfigError(f"S3_BUCKET={settings.s3_bucket}: {exc}") from None
-    except (StorageUnavailable, trio.TooSlowError) as exc:
-        log.warning(
-            "S3 is unreachable at start (%s): calls keep landing in the cache and are"
-            " uploaded once it is back",
-            exc or "timeout",
+def store_health(
+    store: ObjectStore, settings: Settings, journal: Journal, clock: WallClock
+) -> StoreHealth:
+    """The store's health, probed with a PUT and a HEAD, its changes kept in the journal."""
+    probe_file = write_probe_file(settings.data_dir / "store-probe")
+
+    async def record(status: StoreStatus) -> None:
+        await journal.call(
+            set_store_health,
+            status.name,
+            status.state.value,
+            status.since,
+            status.checked_at,
+            status.error,
+            status.code,
         )
+
+    return StoreHealth(
+        partial(
+            probe_store, store, probe_file, seconds=min(settings.upload_timeout, PROBE_TIMEOUT)
+        ),
+        max_interval=settings.store_probe_max,
+        startup_wait=STARTUP_PROBE_WAIT,
+        clock=clock,
+        on_change=record,
+    )
 
 
 async def serve(
@@ -112,6 +133,18 @@ async def serve(
     `store` overrides the store the settings describe (tests use it).
     """
     shutdown = shutdown if shutdown is not None else trio.Event()
+    with hold_data_dir(settings.data_dir):
+        await _serve_locked(settings, shutdown, clock, store, handle_signals, task_status)
+
+
+async def _serve_locked(
+    settings: Settings,
+    shutdown: trio.Event,
+    clock: WallClock,
+    store: ObjectStore | None,
+    handle_signals: bool,
+    task_status: trio.TaskStatus[list[str]],
+) -> None:
     run_id = secrets.token_hex(4)  # claims by workers of this run are `{run_id}:w{n}`
     if store is None:
         store = open_store(settings)
@@ -122,17 +155,24 @@ async def serve(
         if stray:
             log.warning("removed %d temp file(s) left by an interrupted upload", stray)
         metrics = Metrics()
-        uploader = pruner = None
+        health = uploader = pruner = None
         if store is not None:
-            await check_store(store, settings)
+            health = store_health(store, settings, journal, clock)
             uploader = Uploader(
-                journal, cache, store, upload_policy(settings), run_id=run_id, metrics=metrics
+                journal,
+                cache,
+                store,
+                upload_policy(settings),
+                health=health,
+                run_id=run_id,
+                metrics=metrics,
             )
             pruner = Pruner(
                 journal,
                 cache,
                 store,
                 prune_policy(settings),
+                health=health,
                 wake_uploader=uploader.wake,
                 metrics=metrics,
             )
@@ -150,12 +190,15 @@ async def serve(
             upload_slots=trio.CapacityLimiter(settings.max_inflight_uploads),
             metrics=metrics,
             store=store,
+            health=health,
         )
         asgi = CollapseSlashes(create_app(ctx))
         async with trio.open_nursery() as nursery:
             if handle_signals:
                 nursery.start_soon(_stop_on_signal, shutdown)
             uploads_done = trio.Event()
+            if health is not None:
+                await nursery.start(health.run)  # never fatal: a down store is a state
             if uploader is not None:
                 await nursery.start(
                     partial(
@@ -195,10 +238,11 @@ async def serve(
 
             binds: list[str] = await nursery.start(run_http)
             log.info(
-                "tr_vault listening on %s mode=%s data_dir=%s",
+                "tr_vault listening on %s mode=%s data_dir=%s store=%s",
                 " ".join(binds),
                 settings.storage_mode.value,
                 settings.data_dir,
+                health.status.state.value if health else "none",
             )
             task_status.started(binds)
             await http_done.wait()
@@ -224,7 +268,8 @@ async def prune_once(settings: Settings, *, dry_run: bool) -> PruneReport:
     journal = await Journal.open(settings.db_path)
     try:
         cache = AudioCache(settings.audio_dir)
-        pruner = Pruner(journal, cache, store, prune_policy(settings))
+        health = store_health(store, settings, journal, system_clock)
+        pruner = Pruner(journal, cache, store, prune_policy(settings), health=health)
         return await pruner.run_pass(dry_run=dry_run)
     finally:
         await store.aclose()

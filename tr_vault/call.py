@@ -81,6 +81,7 @@ class CallRow:
     verified_at: str | None
     cached: int
     pruned_at: str | None
+    claim_expires_at: str | None
 
 
 @dataclass(frozen=True)

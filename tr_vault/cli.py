@@ -98,6 +98,45 @@ def audit(call_id: int | None, failed: bool, as_json: bool) -> None:
 
 
 @main.command()
+def check() -> None:
+    """Test the S3 settings end to end: bucket, PUT, HEAD, presigned GET.
+
+    Exits 0 when uploads and playback will work, 1 (with the reason) when not. The server
+    itself never refuses to start over S3: calls wait in the cache while the store is down.
+    """
+    import trio
+
+    from tr_vault.app import open_store
+    from tr_vault.storecheck import Step, check_store, passed
+
+    settings = _settings()
+    try:
+        store = open_store(settings)
+    except TrVaultError as exc:
+        click.echo(f"tr-vault: {exc}", err=True)
+        sys.exit(2)
+    if store is None:
+        click.echo("local-only mode (S3_BUCKET is not set): nothing to check")
+        return
+
+    async def run() -> list[Step]:
+        try:
+            return await check_store(store, settings.data_dir)
+        finally:
+            await store.aclose()
+
+    click.echo(f"checking {store!r}")
+    steps = trio.run(run)
+    for step in steps:
+        mark = "ok" if step.ok else ("FAIL" if step.required else "warn")
+        click.echo(f"{mark:>4}  {step.name:<8} {step.detail}")
+    if not passed(steps):
+        click.echo("tr-vault check: S3 is not usable with these settings", err=True)
+        sys.exit(1)
+    click.echo("S3 works: uploads and playback of pruned calls will succeed")
+
+
+@main.command()
 @click.option("--dry-run", is_flag=True, help="HEAD and decide, but delete nothing.")
 def prune(dry_run: bool) -> None:
     """Run one cache-pruner pass now and show what went (or would go) and why."""

@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     upload_backoff_max: Duration = 300.0
     upload_timeout: Duration = 60.0
     reconcile_interval: Duration = 300.0
+    store_probe_max: Duration = Field(60.0, gt=0)
     failed_retry_interval: Duration = 21600.0
     prune_interval: Duration = 3600.0
     prune_batch: int = Field(1000, ge=1)

@@ -2,12 +2,16 @@
 
     TrVaultError
     ├── ConfigError            a setting is missing or wrong; start-up stops with its message
-    ├── JournalError           the journal cannot be opened or migrated
+    ├── JournalError           the journal cannot be opened, migrated or written
     ├── IntakeError            an upload is refused; carries the HTTP status and the body to send
     └── StorageError           the object store failed
         ├── ObjectNotFound     a clear 404 for a key: the object is not there
-        ├── StorageUnavailable cannot decide (network, timeout, 5xx): try again later
-        └── StoragePermanent   the store refused for good (403, 400): retrying will not help
+        ├── StorageUnavailable about the store: the same request would fail for any call
+        │                      (network, timeouts, 5xx, SlowDown, credentials, no bucket, clock
+        │                      skew, redirects). The store is marked down; no call is charged.
+        └── CallStorageError   about this call: it counts one of the call's attempts
+            ├── StoragePermanent   refused for good (EntityTooLarge, InvalidArgument, ...)
+            └── VerificationError  what landed is not what was sent (size, SHA-256, BadDigest)
 
 Nothing above `storage/` sees an httpx exception: the backends translate.
 """
@@ -42,7 +46,10 @@ class IntakeError(TrVaultError):
 
 
 class StorageError(TrVaultError):
-    """The object store failed. `code` is the provider's error code when it sent one."""
+    """The object store failed. `code` is the provider's error code when it sent one.
+
+    `transient`: sending the same request again may succeed.
+    """
 
     transient = True
 
@@ -59,12 +66,25 @@ class ObjectNotFound(StorageError):
 
 
 class StorageUnavailable(StorageError):
-    """The store could not be reached or answered 5xx/429: nothing is known, retry later."""
+    """About the store, not the call: any call would fail the same way right now.
+
+    The message says what is wrong and, where it can, what the operator should do.
+    """
 
     transient = True
 
 
-class StoragePermanent(StorageError):
-    """The store refused the request in a way retrying will not fix (bad credentials, no bucket)."""
+class CallStorageError(StorageError):
+    """About this call's request: it is charged to the call (an attempt, maybe `failed`)."""
+
+
+class StoragePermanent(CallStorageError):
+    """The store refused this call's request in a way retrying will not fix."""
 
     transient = False
+
+
+class VerificationError(CallStorageError):
+    """What landed (or what the store received) is not what we sent: upload it again."""
+
+    transient = True

@@ -14,8 +14,10 @@ import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import trio
 
@@ -23,10 +25,12 @@ from tr_vault.call import CallMeta, CallRow, EventRow, StoredAudio, UploadJob
 from tr_vault.errors import JournalError
 from tr_vault.timefmt import WallClock, from_db, system_clock, to_db
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# The top-level migrations/ directory, shipped as this package (see pyproject.toml).
+MIGRATIONS_PACKAGE = "tr_vault.migrations"
 BUSY_TIMEOUT = 5.0  # seconds a statement waits for another connection's write lock
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 _CALL_COLUMNS = ", ".join(f.name for f in fields(CallRow))
 
@@ -98,28 +102,63 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
-def migration_files(directory: Path = MIGRATIONS_DIR) -> list[tuple[int, Path]]:
-    found = []
-    for path in sorted(directory.glob("*.sql")):
-        number = path.name.split("_", 1)[0]
+_BROKEN_INSTALL = (
+    "this tr_vault install is broken: it was built without its migrations/*.sql. Reinstall it"
+    " from a checkout whose pyproject.toml ships them (`pip install --force-reinstall .`, or"
+    " `make dev` for development); an old wheel or image must be rebuilt"
+)
+
+
+def packaged_migrations() -> Traversable:
+    """The installed `tr_vault.migrations`, read through importlib.resources.
+
+    Not a path next to this file: a wheel or an image only has what the package ships.
+    """
+    try:
+        return files(MIGRATIONS_PACKAGE)
+    except ModuleNotFoundError as exc:
+        raise JournalError(f"no package {MIGRATIONS_PACKAGE}: {_BROKEN_INSTALL}") from exc
+
+
+def migration_files(directory: Traversable | None = None) -> list[tuple[int, Traversable]]:
+    """The `NNNN_name.sql` files of `directory` (default: the packaged ones), in number order."""
+    where = packaged_migrations() if directory is None else directory
+    try:
+        entries = [e for e in where.iterdir() if e.name.endswith(".sql") and e.is_file()]
+    except OSError as exc:  # e.g. the directory does not exist
+        raise JournalError(f"migrations {where}: {exc}: {_BROKEN_INSTALL}") from exc
+    found: dict[int, Traversable] = {}
+    for entry in entries:
+        number = entry.name.split("_", 1)[0]
         if not number.isdigit():
-            raise JournalError(f"migration {path.name}: name must start with its number")
-        found.append((int(number), path))
-    return found
+            raise JournalError(f"migration {entry.name}: name must start with its number")
+        if int(number) in found:
+            other = found[int(number)].name
+            raise JournalError(f"migrations {other} and {entry.name} share the number {number}")
+        found[int(number)] = entry
+    return sorted(found.items(), key=lambda item: item[0])
 
 
-def migrate(conn: sqlite3.Connection, directory: Path = MIGRATIONS_DIR) -> list[int]:
-    """Apply, in order and each in its own transaction, the migrations not applied yet."""
+def migrate(conn: sqlite3.Connection, directory: Traversable | None = None) -> list[int]:
+    """Apply, in order and each in its own transaction, the migrations not applied yet.
+
+    Finding none is an error, never a silent no-op: the server would start on an empty
+    database and refuse every upload with "no such table".
+    """
+    where = packaged_migrations() if directory is None else directory
+    migrations = migration_files(where)
+    if not migrations:
+        raise JournalError(f"no migrations in {where}: {_BROKEN_INSTALL}")
     conn.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations ("
         " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
     )
     applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
     done = []
-    for version, path in migration_files(directory):
+    for version, path in migrations:
         if version in applied:
             continue
-        script = path.read_text()
+        script = path.read_text(encoding="utf-8")
         try:
             conn.execute("BEGIN IMMEDIATE")
             for statement in _split_sql(script):
@@ -168,9 +207,16 @@ class Journal:
         def _open() -> sqlite3.Connection:
             try:
                 conn = connect(path)
-                migrate(conn)
             except sqlite3.Error as exc:
                 raise JournalError(f"open journal {path}: {exc}") from exc
+            try:
+                migrate(conn)
+            except sqlite3.Error as exc:
+                conn.close()
+                raise JournalError(f"open journal {path}: {exc}") from exc
+            except JournalError:
+                conn.close()
+                raise
             return conn
 
         conn = await trio.to_thread.run_sync(_open)
@@ -178,6 +224,12 @@ class Journal:
 
     async def close(self) -> None:
         await self._run(lambda conn: conn.close())
+
+    async def call(
+        self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run `fn(conn, *args, **kwargs)` as one thread hop on the journal's connection."""
+        return await self._run(lambda conn: fn(conn, *args, **kwargs))
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         try:
@@ -202,9 +254,9 @@ class Journal:
 
     # -- upload workers ------------------------------------------------------------------
 
-    async def claim_next(self, worker: str, call_id: int | None = None) -> Claim:
+    async def claim_next(self, worker: str, *, lease: float, call_id: int | None = None) -> Claim:
         now = self.clock()
-        return await self._run(lambda conn: claim_next(conn, worker, now, call_id))
+        return await self._run(lambda conn: claim_next(conn, worker, now, call_id, lease))
 
     async def upload_done(
         self, call_id: int, worker: str, etag: str | None, *, evict: bool
@@ -391,34 +443,64 @@ def insert_call(
     return Inserted(call_id)
 
 
-def claim_next(conn: sqlite3.Connection, worker: str, now: float, call_id: int | None) -> Claim:
-    """Claim the oldest due pending row (or `call_id` if it is pending and unclaimed)."""
+def recorded_keys(conn: sqlite3.Connection, keys: Sequence[str]) -> set[str]:
+    """Which of `keys` a call row holds (the unique index on `key` answers)."""
+    marks = ",".join("?" * len(keys))
+    return {r[0] for r in conn.execute(f"SELECT key FROM calls WHERE key IN ({marks})", keys)}
+
+
+def claim_next(
+    conn: sqlite3.Connection, worker: str, now: float, call_id: int | None, lease: float
+) -> Claim:
+    """Claim the oldest due pending row (or `call_id` if it is pending) for `lease` seconds.
+
+    A row whose claim expired (its worker stalled on a locked journal, or died) is taken
+    over, with a `requeued` event; the old claim can no longer mark it.
+    """
     at = to_db(now)
+    free = "(claimed_by IS NULL OR coalesce(claim_expires_at, '') <= ?)"
     with transaction(conn):
         if call_id is None:
             row = conn.execute(
-                f"SELECT {_JOB_COLUMNS} FROM calls WHERE state = 'pending'"
-                " AND next_attempt_at <= ? AND claimed_by IS NULL"
-                " ORDER BY next_attempt_at, id LIMIT 1",
-                (at,),
+                f"SELECT {_JOB_COLUMNS}, claimed_by FROM calls WHERE state = 'pending'"
+                f" AND next_attempt_at <= ? AND {free} ORDER BY next_attempt_at, id LIMIT 1",
+                (at, at),
             ).fetchone()
         else:
             row = conn.execute(
-                f"SELECT {_JOB_COLUMNS} FROM calls WHERE id = ? AND state = 'pending'"
-                " AND claimed_by IS NULL",
-                (call_id,),
+                f"SELECT {_JOB_COLUMNS}, claimed_by FROM calls WHERE id = ?"
+                f" AND state = 'pending' AND {free}",
+                (call_id, at),
             ).fetchone()
         if row is None:
-            nxt = conn.execute(
-                "SELECT min(next_attempt_at) FROM calls WHERE state = 'pending'"
-                " AND claimed_by IS NULL"
-            ).fetchone()[0]
-            wait = None if nxt is None else max(0.0, from_db(nxt) - now)
-            return Claim(None, wait)
+            return Claim(None, _next_due_in(conn, now))
+        if row["claimed_by"] is not None:
+            _event(
+                conn, row["id"], at, "requeued", f"claim of {row['claimed_by']} expired; taken over"
+            )
         conn.execute(
-            "UPDATE calls SET claimed_by = ?, claimed_at = ? WHERE id = ?", (worker, at, row["id"])
+            "UPDATE calls SET claimed_by = ?, claimed_at = ?, claim_expires_at = ? WHERE id = ?",
+            (worker, at, to_db(now + lease), row["id"]),
         )
-        return Claim(_job(row), 0.0)
+        job = dict(row)
+        job.pop("claimed_by")
+        return Claim(UploadJob(**job), 0.0)
+
+
+def _next_due_in(conn: sqlite3.Connection, now: float) -> float | None:
+    """Seconds until a pending row falls due or a claim expires; None with nothing pending."""
+    due = [
+        conn.execute(
+            "SELECT next_attempt_at FROM calls WHERE state = 'pending' AND claimed_by IS NULL"
+            " ORDER BY next_attempt_at LIMIT 1"
+        ).fetchone(),
+        conn.execute(
+            "SELECT min(claim_expires_at) FROM calls WHERE claimed_by IS NOT NULL"
+            " AND state = 'pending'"
+        ).fetchone(),
+    ]
+    times = [from_db(r[0]) for r in due if r is not None and r[0] is not None]
+    return max(0.0, min(times) - now) if times else None
 
 
 INTERRUPTED = "upload interrupted: the process stopped mid-upload"
@@ -435,7 +517,8 @@ def requeue(
     """Re-queue rows claimed by a run that is gone, and failed rows whose rest is over.
 
     An interrupted upload counts as an attempt, so a call that brings the process down every
-    time it is uploaded ends `failed` after `max_attempts` instead of looping forever.
+    time it is uploaded ends `failed` after `max_attempts` instead of looping forever. A
+    failed row that is retried starts with fresh attempts.
     """
     at = to_db(now)
     with transaction(conn):
@@ -448,7 +531,8 @@ def requeue(
             give_up = max_attempts is not None and attempts + 1 >= max_attempts
             conn.execute(
                 "UPDATE calls SET state = ?, attempts = attempts + 1, last_error = ?,"
-                " claimed_by = NULL, claimed_at = NULL, next_attempt_at = ? WHERE id = ?",
+                " claimed_by = NULL, claimed_at = NULL, claim_expires_at = NULL,"
+                " next_attempt_at = ? WHERE id = ?",
                 (
                     "failed" if give_up else "pending",
                     INTERRUPTED,
@@ -468,17 +552,21 @@ def requeue(
         ]
         for call_id in failed:
             conn.execute(
-                "UPDATE calls SET state = 'pending', next_attempt_at = ? WHERE id = ?",
+                "UPDATE calls SET state = 'pending', attempts = 0, next_attempt_at = ?"
+                " WHERE id = ?",
                 (at, call_id),
             )
-            _event(conn, call_id, at, "requeued", "failed upload retried on schedule")
+            _event(
+                conn, call_id, at, "requeued", "failed upload retried on schedule, fresh attempts"
+            )
     return Requeued(len(stale), len(failed))
 
 
 def retry(conn: sqlite3.Connection, now: float, call_ids: Sequence[int] | None) -> list[int]:
     """An operator's retry: failed rows (all, or `call_ids`) back to pending, attempts reset.
 
-    A pending row that a worker holds right now is left to that worker.
+    A pending row that a worker holds right now is left to that worker, unless its claim
+    has expired.
     """
     at = to_db(now)
     with transaction(conn):
@@ -490,14 +578,15 @@ def retry(conn: sqlite3.Connection, now: float, call_ids: Sequence[int] | None) 
                 r[0]
                 for r in conn.execute(
                     f"SELECT id FROM calls WHERE id IN ({marks}) AND (state = 'failed'"
-                    " OR (state = 'pending' AND claimed_by IS NULL))",
-                    tuple(call_ids),
+                    " OR (state = 'pending' AND (claimed_by IS NULL"
+                    " OR coalesce(claim_expires_at, '') <= ?)))",
+                    (*call_ids, at),
                 )
             ]
         for call_id in ids:
             conn.execute(
                 "UPDATE calls SET state = 'pending', attempts = 0, next_attempt_at = ?,"
-                " claimed_by = NULL, claimed_at = NULL WHERE id = ?",
+                " claimed_by = NULL, claimed_at = NULL, claim_expires_at = NULL WHERE id = ?",
                 (at, call_id),
             )
             _event(conn, call_id, at, "requeued", "retry requested by operator")
@@ -507,14 +596,16 @@ def retry(conn: sqlite3.Connection, now: float, call_ids: Sequence[int] | None) 
 def upload_done(
     conn: sqlite3.Connection, call_id: int, worker: str, now: float, etag: str | None, evict: bool
 ) -> bool:
-    """Mark a verified upload `done`; False (and nothing written) if the claim was lost."""
+    """Mark a verified upload `done`; False (and nothing written) if the claim was lost or
+    has expired."""
     at = to_db(now)
     with transaction(conn):
         cur = conn.execute(
             "UPDATE calls SET state = 'done', attempts = attempts + 1, etag = ?, uploaded_at = ?,"
             " verified_at = ?, last_error = NULL, next_attempt_at = NULL, claimed_by = NULL,"
-            " claimed_at = NULL WHERE id = ? AND claimed_by = ?",
-            (etag, at, at, call_id, worker),
+            " claimed_at = NULL, claim_expires_at = NULL"
+            " WHERE id = ? AND claimed_by = ? AND claim_expires_at > ?",
+            (etag, at, at, call_id, worker, at),
         )
         if not cur.rowcount:
             return False
@@ -542,17 +633,18 @@ def upload_failed(
     at = to_db(now)
     with transaction(conn):
         row = conn.execute(
-            "SELECT attempts FROM calls WHERE id = ? AND claimed_by = ?", (call_id, worker)
+            "SELECT attempts FROM calls WHERE id = ? AND claimed_by = ? AND claim_expires_at > ?",
+            (call_id, worker, at),
         ).fetchone()
         if row is None:
-            return "pending"  # claim lost (operator retry meanwhile): leave the row alone
+            return "pending"  # claim lost or expired (taken over meanwhile): leave the row alone
         attempts = row[0] + 1
         give_up = permanent or attempts >= max_attempts
         state = "failed" if give_up else "pending"
         due = to_db(now + (failed_retry_in if give_up else retry_in))
         conn.execute(
             "UPDATE calls SET state = ?, attempts = ?, last_error = ?, next_attempt_at = ?,"
-            " claimed_by = NULL, claimed_at = NULL WHERE id = ?",
+            " claimed_by = NULL, claimed_at = NULL, claim_expires_at = NULL WHERE id = ?",
             (state, attempts, error, due, call_id),
         )
         _event(conn, call_id, at, "upload_error", error)
@@ -563,10 +655,12 @@ def upload_failed(
 
 
 def release(conn: sqlite3.Connection, call_id: int, worker: str) -> None:
-    """Give a claim back untouched (the upload was cancelled by shutdown)."""
+    """Give a claim back untouched: the upload was cancelled by shutdown, or the store is
+    down (an outage is not the call's fault)."""
     with transaction(conn):
         conn.execute(
-            "UPDATE calls SET claimed_by = NULL, claimed_at = NULL WHERE id = ? AND claimed_by = ?",
+            "UPDATE calls SET claimed_by = NULL, claimed_at = NULL, claim_expires_at = NULL"
+            " WHERE id = ? AND claimed_by = ?",
             (call_id, worker),
         )
 
@@ -603,6 +697,7 @@ def status_summary(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
     }
     return {
         "states": states,
+        "store": store_health(conn).get("s3"),
         "upload_errors_last_hour": recent.get("upload_error", 0),
         "failed_last_hour": recent.get("failed", 0),
         "oldest_pending": dict(oldest) if oldest else None,
@@ -744,3 +839,38 @@ def call_events(conn: sqlite3.Connection, call_id: int) -> list[EventRow]:
 def get_call(conn: sqlite3.Connection, call_id: int) -> CallRow | None:
     row = conn.execute(f"SELECT {_CALL_COLUMNS} FROM calls WHERE id = ?", (call_id,))
     return _row(row.fetchone())
+
+
+def set_store_health(
+    conn: sqlite3.Connection,
+    name: str,
+    state: str,
+    since: float,
+    checked_at: float | None,
+    error: str | None,
+    code: str | None,
+) -> None:
+    """Record a store's state (on each change, not per call) for `tr-vault status`."""
+    with transaction(conn):
+        conn.execute(
+            "INSERT INTO store_health (name, state, since, checked_at, last_error, code)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET state = excluded.state,"
+            " since = excluded.since, checked_at = excluded.checked_at,"
+            " last_error = excluded.last_error, code = excluded.code",
+            (
+                name,
+                state,
+                to_db(since),
+                to_db(checked_at) if checked_at is not None else None,
+                error,
+                code,
+            ),
+        )
+
+
+def store_health(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+    """Each store's last recorded state, by name."""
+    rows = conn.execute(
+        "SELECT name, state, since, checked_at, last_error, code FROM store_health ORDER BY name"
+    )
+    return {row["name"]: dict(row) for row in rows}

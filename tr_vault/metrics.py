@@ -6,7 +6,12 @@ state (pending, failed, cached bytes) are read from the journal at scrape time.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from tr_vault.services.store_health import StoreStatus
 
 UPLOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -53,9 +58,29 @@ class Metrics:
         self.calls_pending = Gauge("tr_vault_calls_pending", "Calls waiting for S3.", registry=r)
         self.calls_failed = Gauge("tr_vault_calls_failed", "Calls whose upload failed.", registry=r)
         self.cached_bytes = Gauge("tr_vault_cached_bytes", "Bytes in the local cache.", registry=r)
+        self.store_up = Gauge(
+            "tr_vault_store_up",
+            "1 while the object store answers the probe, 0 while it is down (uploads paused).",
+            registry=r,
+        )
+        self.store_since = Gauge(
+            "tr_vault_store_state_since_timestamp_seconds",
+            "When the store's state (up or down) last changed, Unix time.",
+            registry=r,
+        )
 
-    def render(self, *, pending: int, failed: int, cached_bytes: int) -> bytes:
+    def render(
+        self,
+        *,
+        pending: int,
+        failed: int,
+        cached_bytes: int,
+        store: StoreStatus | None = None,
+    ) -> bytes:
         self.calls_pending.set(pending)
         self.calls_failed.set(failed)
         self.cached_bytes.set(cached_bytes)
+        if store is not None:
+            self.store_up.set(1 if store.state.value == "up" else 0)
+            self.store_since.set(store.since)
         return generate_latest(self.registry)

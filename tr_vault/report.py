@@ -40,6 +40,12 @@ def print_status(settings: Settings, *, as_json: bool) -> None:
         click.echo(json.dumps(summary, indent=2))
         return
     click.echo(f"journal: {path}")
+    store = summary.get("store")
+    if store is not None:
+        line = f"   store: {store['name']} {store['state'].upper()} since {store['since']}"
+        if store["state"] != "up" and store["last_error"]:
+            line += f": {store['last_error']}"
+        click.echo(line + f" (last probe {store['checked_at'] or 'never'})")
     for state, v in summary["states"].items():
         click.echo(f"{state:>8}: {v['calls']} calls, {v['bytes']} bytes")
     cached = summary["cached"]

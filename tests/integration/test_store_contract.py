@@ -24,11 +24,13 @@ from pydantic import SecretStr
 from tests.s3_fixtures import Backend, MotoS3, S3Bucket
 from tr_vault.config import Settings
 from tr_vault.errors import (
+    CallStorageError,
     ConfigError,
     ObjectNotFound,
     StorageError,
     StoragePermanent,
     StorageUnavailable,
+    VerificationError,
 )
 from tr_vault.storage.base import ObjectStore, PutResult
 from tr_vault.storage.local import FileStore
@@ -276,12 +278,13 @@ async def test_wrong_md5_is_refused_as_bad_digest_and_leaves_nothing(
     audio = make_audio(tmp_path)
     wrong_md5 = hashlib.md5(b"something else").hexdigest()
     with trio.fail_after(TIMEOUT):
-        with pytest.raises(StorageUnavailable) as exc_info:
+        with pytest.raises(VerificationError) as exc_info:
             await put(store, KEY, audio, md5=wrong_md5)
         with pytest.raises(ObjectNotFound):
             await store.head(KEY)
     assert exc_info.value.code == "BadDigest"
     assert exc_info.value.transient  # corruption on the way: sending again helps
+    assert isinstance(exc_info.value, CallStorageError)  # about this call, not the store
     assert KEY in str(exc_info.value)
     assert store_backend.raw_keys() == []
 
@@ -301,7 +304,7 @@ async def test_sha256_checksum_header_is_accepted_and_checked(
                 await store.head("audio/x/2025-01-01/b.m4a")
     assert exc_info.value.code == "BadDigest"
     assert exc_info.value.status == 400
-    assert isinstance(exc_info.value, StorageUnavailable)
+    assert isinstance(exc_info.value, VerificationError)
 
 
 # -- what goes on the wire --------------------------------------------------------------------
@@ -405,26 +408,35 @@ FAULTS = [
     (502, b"<html><body>Bad Gateway</body></html>", {}, StorageUnavailable, None),
     (429, b"", {}, StorageUnavailable, None),
     (400, xml_error("RequestTimeout"), {}, StorageUnavailable, "RequestTimeout"),
-    (400, xml_error("BadDigest"), {}, StorageUnavailable, "BadDigest"),
+    # about this call's bytes: charged to the call, sending again can help
+    (400, xml_error("BadDigest"), {}, VerificationError, "BadDigest"),
     (
         400,
         xml_error("XAmzContentSHA256Mismatch"),
         {},
-        StorageUnavailable,
+        VerificationError,
         "XAmzContentSHA256Mismatch",
     ),
-    (403, xml_error("AccessDenied", "Access Denied"), {}, StoragePermanent, "AccessDenied"),
-    (403, xml_error("InvalidAccessKeyId"), {}, StoragePermanent, "InvalidAccessKeyId"),
-    (400, xml_error("InvalidArgument"), {}, StoragePermanent, "InvalidArgument"),
-    (400, b"not xml at all <", {}, StoragePermanent, None),
-    (404, xml_error("NoSuchBucket"), {}, StoragePermanent, "NoSuchBucket"),
+    # about the store: credentials, bucket, clock, region; never charged to a call
+    (403, xml_error("AccessDenied", "Access Denied"), {}, StorageUnavailable, "AccessDenied"),
+    (403, xml_error("InvalidAccessKeyId"), {}, StorageUnavailable, "InvalidAccessKeyId"),
+    (403, xml_error("SignatureDoesNotMatch"), {}, StorageUnavailable, "SignatureDoesNotMatch"),
+    (400, xml_error("ExpiredToken"), {}, StorageUnavailable, "ExpiredToken"),
+    (403, xml_error("RequestTimeTooSkewed"), {}, StorageUnavailable, "RequestTimeTooSkewed"),
+    (404, xml_error("NoSuchBucket"), {}, StorageUnavailable, "NoSuchBucket"),
+    (307, xml_error("TemporaryRedirect"), {}, StorageUnavailable, "TemporaryRedirect"),
+    (307, b"", {"location": "https://elsewhere.example/b"}, StorageUnavailable, None),
     (
         301,
         xml_error("PermanentRedirect"),
         {"x-amz-bucket-region": "eu-central-1"},
-        StoragePermanent,
+        StorageUnavailable,
         "PermanentRedirect",
     ),
+    # about this call's request, for good
+    (400, xml_error("InvalidArgument"), {}, StoragePermanent, "InvalidArgument"),
+    (400, xml_error("EntityTooLarge"), {}, StoragePermanent, "EntityTooLarge"),
+    (400, b"not xml at all <", {}, StoragePermanent, None),
 ]
 
 
@@ -500,7 +512,7 @@ async def test_transport_failures_are_unavailable(tmp_path: Path, exc: httpx.HTT
                 assert isinstance(exc_info.value.__cause__, httpx.HTTPError)
 
 
-async def test_head_404_is_not_found_but_a_missing_bucket_on_get_is_permanent() -> None:
+async def test_head_404_is_not_found_but_a_missing_bucket_on_get_is_the_store() -> None:
     def answer(request: httpx.Request) -> httpx.Response:
         if request.method == "HEAD":
             return httpx.Response(404)
@@ -517,9 +529,9 @@ async def test_head_404_is_not_found_but_a_missing_bucket_on_get_is_permanent() 
         with trio.fail_after(TIMEOUT):
             with pytest.raises(ObjectNotFound, match=f"head {KEY}: HTTP 404 Not Found"):
                 await store.head(KEY)
-            with pytest.raises(StoragePermanent, match="NoSuchBucket"):
+            with pytest.raises(StorageUnavailable, match="NoSuchBucket"):
                 await store.get(KEY)
-            with pytest.raises(StoragePermanent, match="NoSuchBucket"):
+            with pytest.raises(StorageUnavailable, match="NoSuchBucket"):
                 await store.delete(KEY)
 
 
@@ -532,15 +544,15 @@ async def test_wrong_secret_is_signature_does_not_match(
     secret = "not-the-secret-0123456789"
     async with seaweed_s3.store(secret_key=secret) as store:
         with trio.fail_after(TIMEOUT):
-            with pytest.raises(StoragePermanent) as put_exc:
+            with pytest.raises(StorageUnavailable) as put_exc:
                 await put(store, KEY, make_audio(tmp_path))
-            with pytest.raises(StoragePermanent) as head_exc:
+            with pytest.raises(StorageUnavailable) as head_exc:
                 await store.head(KEY)
-            with pytest.raises(StoragePermanent) as check_exc:
+            with pytest.raises(StorageUnavailable) as check_exc:
                 await store.check()
     assert put_exc.value.code == "SignatureDoesNotMatch"
     assert put_exc.value.status == 403
-    assert not put_exc.value.transient
+    assert "check S3_SECRET_KEY" in str(put_exc.value)
     assert str(put_exc.value).startswith(f"put {KEY}: HTTP 403 SignatureDoesNotMatch")
     assert head_exc.value.status == 403
     assert check_exc.value.code == "SignatureDoesNotMatch"
@@ -556,7 +568,7 @@ async def test_moto_with_auth_on_checks_sigv4(moto_s3: MotoS3, tmp_path: Path) -
         wrong = moto_s3.store(access_key=access_key, secret_key=secret_key + "x")
         async with right, wrong:
             with trio.fail_after(TIMEOUT):
-                with pytest.raises(StoragePermanent) as exc_info:
+                with pytest.raises(StorageUnavailable) as exc_info:
                     await put(wrong, KEY, audio)
                 await right.check()
                 await put(right, KEY, audio)
@@ -613,19 +625,20 @@ async def test_non_ascii_filename_in_presigned_disposition(
 # -- start-up check -----------------------------------------------------------------------------
 
 
-async def test_check_on_a_missing_bucket_is_permanent(seaweed_s3: S3Bucket) -> None:
+async def test_check_on_a_missing_bucket_says_so(seaweed_s3: S3Bucket) -> None:
     async with seaweed_s3.store(bucket="no-such-bucket-tr-vault") as store:
-        with trio.fail_after(TIMEOUT), pytest.raises(StoragePermanent) as exc_info:
+        with trio.fail_after(TIMEOUT), pytest.raises(StorageUnavailable) as exc_info:
             await store.check()
     assert exc_info.value.code == "NoSuchBucket"
     assert "bucket no-such-bucket-tr-vault does not exist" in str(exc_info.value)
 
 
-async def test_put_to_a_missing_bucket_is_permanent(seaweed_s3: S3Bucket, tmp_path: Path) -> None:
+async def test_put_to_a_missing_bucket_is_the_store(seaweed_s3: S3Bucket, tmp_path: Path) -> None:
     async with seaweed_s3.store(bucket="no-such-bucket-tr-vault") as store:
-        with trio.fail_after(TIMEOUT), pytest.raises(StoragePermanent) as exc_info:
+        with trio.fail_after(TIMEOUT), pytest.raises(StorageUnavailable) as exc_info:
             await put(store, KEY, make_audio(tmp_path))
     assert exc_info.value.code == "NoSuchBucket"
+    assert "create the bucket" in str(exc_info.value)
 
 
 async def test_check_on_an_unreachable_endpoint_is_unavailable_at_once() -> None:
@@ -680,12 +693,12 @@ async def test_from_settings_reads_the_s3_settings(seaweed_s3: S3Bucket, tmp_pat
     assert seaweed_s3.keys() == [f"vault/{KEY}"]
 
 
-async def test_no_credentials_anywhere_is_permanent(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_no_credentials_anywhere_is_the_store(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     async with S3Store(bucket="b", endpoint=f"http://127.0.0.1:{closed_port()}") as store:
-        with trio.fail_after(TIMEOUT), pytest.raises(StoragePermanent) as exc_info:
+        with trio.fail_after(TIMEOUT), pytest.raises(StorageUnavailable) as exc_info:
             await store.check()
     assert exc_info.value.code == "NoCredentials"
     assert "S3_ACCESS_KEY" in str(exc_info.value)
@@ -721,7 +734,7 @@ async def test_check_names_the_region_of_a_bucket_elsewhere() -> None:
         transport=httpx.MockTransport(answer),
     )
     async with store:
-        with trio.fail_after(TIMEOUT), pytest.raises(StoragePermanent) as exc_info:
+        with trio.fail_after(TIMEOUT), pytest.raises(StorageUnavailable) as exc_info:
             await store.check()
     assert "set S3_REGION=ap-south-1" in str(exc_info.value)
 

@@ -17,10 +17,10 @@ from pathlib import PurePosixPath
 import trio
 
 from tr_vault.cache import AudioCache, TempAudio
-from tr_vault.call import CallMeta
+from tr_vault.call import CallMeta, StoredAudio
 from tr_vault.errors import JournalError
 from tr_vault.intake.fields import safe_name
-from tr_vault.journal import Duplicate, Inserted, Journal, KeyTaken
+from tr_vault.journal import Duplicate, Inserted, Journal, KeyTaken, recorded_keys
 from tr_vault.timefmt import utc_date
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,9 @@ class Intake:
         self.cache = cache
         self.initial_state = initial_state
         self.on_stored = on_stored
+        # Keys linked in the cache whose rows are not committed yet (one server per data
+        # directory, so this set is the whole truth about files in that window).
+        self._in_flight: set[str] = set()
 
     async def store(self, meta: CallMeta, temp: TempAudio) -> Accepted:
         with trio.CancelScope(shield=True):
@@ -73,13 +76,44 @@ class Intake:
         if self.on_stored is not None and not accepted.duplicate:
             try:
                 await self.on_stored(accepted.call_id)
-            except JournalError as exc:  # the call is committed: it is safe, the workers retry
-                log.warning("after storing call_id=%d: %s", accepted.call_id, exc)
+            except Exception:  # the call is committed: it is safe, and the workers retry it
+                log.exception("after storing call_id=%d", accepted.call_id)
         return accepted
 
     async def _store(self, meta: CallMeta, temp: TempAudio) -> Accepted:
         candidates = key_candidates(meta, temp.sha256)
         audio = await self.cache.commit(temp, candidates)
+        self._in_flight.add(audio.key)
+        try:
+            audio = await self._reclaim_orphans(audio, candidates)
+            return await self._record(meta, audio, candidates)
+        finally:
+            self._in_flight.discard(audio.key)
+
+    async def _reclaim_orphans(self, audio: StoredAudio, candidates: list[str]) -> StoredAudio:
+        """Free the names before ours that hold files no journal row records.
+
+        A process killed between linking a file and committing its row leaves such an
+        orphan; nothing was acknowledged for it, so it holds nobody's call. When the
+        recorder's resend collides with it, the orphan goes and the resend takes its name.
+        Only on a collision: one indexed lookup, never a walk of the tree.
+        """
+        taken = candidates[: candidates.index(audio.key)]
+        if not taken:
+            return audio
+        recorded = await self.journal.call(recorded_keys, taken)
+        orphans = [k for k in taken if k not in recorded and k not in self._in_flight]
+        for key in orphans:
+            log.warning("removing %s: a file no call owns (a crash before its row)", key)
+            await self.cache.remove(key)
+        if not orphans:
+            return audio
+        self._in_flight.discard(audio.key)
+        audio = dataclasses.replace(audio, key=await self.cache.move(audio.key, orphans[:1]))
+        self._in_flight.add(audio.key)
+        return audio
+
+    async def _record(self, meta: CallMeta, audio: StoredAudio, candidates: list[str]) -> Accepted:
         detail = json.dumps({"protocol": meta.protocol, "notes": list(meta.notes)} if meta.notes
                             else {"protocol": meta.protocol})  # fmt: skip
         while True:
@@ -99,4 +133,6 @@ class Intake:
                 return Accepted(result.call_id, result.key, duplicate=True)
             assert isinstance(result, KeyTaken)
             rest = candidates[candidates.index(audio.key) + 1 :]
+            self._in_flight.discard(audio.key)
             audio = dataclasses.replace(audio, key=await self.cache.move(audio.key, rest))
+            self._in_flight.add(audio.key)

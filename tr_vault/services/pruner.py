@@ -2,9 +2,11 @@
 
 Candidates come from the journal through an index (rows `done` and cached, oldest first),
 never from a walk of the directory tree. Before each delete, a fresh HEAD must show the object
-with the recorded size and SHA-256; a clear 404 means the object was lost (the row goes back
-to `pending` and the file is uploaded again); anything else means "don't know": keep the file.
-Work per pass is bounded (batch size, a deadline) so a pass never outlives its interval.
+with the recorded size and SHA-256. A clear 404 for a row whose upload was verified means the
+object was lost, once a store probe shows the bucket itself is there (HEAD answers carry no
+body, so a missing bucket looks like a missing key): the row goes back to `pending` and the
+file is uploaded again. Anything else means "don't know": keep the file. While the store is
+down no pass runs. Work per pass is bounded (batch size, a deadline).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from tr_vault.cache import AudioCache
 from tr_vault.errors import ObjectNotFound, StorageError
 from tr_vault.journal import Journal, PruneCandidate
 from tr_vault.metrics import Metrics
+from tr_vault.services.store_health import StoreHealth
 from tr_vault.storage.base import ObjectStore, audio_object_key
-from tr_vault.timefmt import from_db
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,6 @@ class PrunePolicy:
     batch: int = 1000  # candidates per pass at most
     concurrency: int = 8  # HEADs in parallel
     interval: float = 3600.0
-    missing_grace: float = 600.0  # a 404 this soon after the upload is "unknown", not "lost"
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class PruneReport:
     heads: int = 0
     dry_run: bool = False
     finished: bool = True  # False when the pass hit its deadline
+    skipped: str | None = None  # why no candidate was looked at (the store is down)
 
     def count(self, action: str) -> int:
         return sum(1 for d in self.decisions if d.action == action)
@@ -67,6 +69,7 @@ class Pruner:
         store: ObjectStore,
         policy: PrunePolicy,
         *,
+        health: StoreHealth,
         wake_uploader: Callable[[], None] | None = None,
         metrics: Metrics | None = None,
     ) -> None:
@@ -74,7 +77,9 @@ class Pruner:
         self.cache = cache
         self.store = store
         self.policy = policy
+        self.health = health
         self.wake_uploader = wake_uploader
+        self._store_answers: bool | None = None  # this pass's probe after a 404, once
         self.metrics = metrics
 
     @property
@@ -92,7 +97,9 @@ class Pruner:
                     "prune pass failed; the next one runs in %.0f s", self.policy.interval
                 )
                 continue
-            if report.decisions:
+            if report.skipped:
+                log.info("prune pass skipped: %s", report.skipped)
+            elif report.decisions:
                 log.info(
                     "prune pass deleted=%d freed_bytes=%d kept=%d reupload=%d heads=%d",
                     report.count("delete"),
@@ -108,6 +115,11 @@ class Pruner:
         report = PruneReport(dry_run=dry_run)
         if not self.enabled:
             return report
+        if not self.health.is_up and not await self.health.confirm():
+            report.skipped = f"the store is down ({self.health.status.error})"
+            return report
+        self._store_answers = None
+        probe_lock = trio.Lock()
         candidates, report.cached_bytes = await self.journal.prune_candidates(
             retention=p.retention, max_bytes=p.max_bytes, low_water=p.low_water, limit=p.batch
         )
@@ -115,29 +127,39 @@ class Pruner:
         with trio.move_on_after(p.interval * 0.9) as deadline:
             async with trio.open_nursery() as nursery:
                 for candidate in candidates:
-                    nursery.start_soon(self._one, candidate, limiter, report)
+                    nursery.start_soon(self._one, candidate, limiter, probe_lock, report)
         report.finished = not deadline.cancelled_caught
         return report
 
     async def _one(
-        self, candidate: PruneCandidate, limiter: trio.CapacityLimiter, report: PruneReport
+        self,
+        candidate: PruneCandidate,
+        limiter: trio.CapacityLimiter,
+        probe_lock: trio.Lock,
+        report: PruneReport,
     ) -> None:
         async with limiter:
-            decision = await self._decide(candidate, report)
+            decision = await self._decide(candidate, probe_lock, report)
             report.decisions.append(decision)
             if report.dry_run:
                 return
             with trio.CancelScope(shield=True):  # a delete and its journal mark go together
                 await self._apply(decision)
 
-    async def _decide(self, c: PruneCandidate, report: PruneReport) -> Decision:
+    async def _decide(
+        self, c: PruneCandidate, probe_lock: trio.Lock, report: PruneReport
+    ) -> Decision:
         report.heads += 1
         try:
             info = await self.store.head(audio_object_key(c.key))
         except ObjectNotFound:
-            age = self.journal.clock() - from_db(c.uploaded_at)
-            if age < self.policy.missing_grace:
-                return Decision(c, "keep", "HEAD 404 right after the upload: unknown, try later")
+            # Our own HEAD verified this object at upload: a 404 now is a lost object, once
+            # a probe shows the bucket is there (one probe per pass, whatever the 404s).
+            async with probe_lock:
+                if self._store_answers is None:
+                    self._store_answers = await self.health.confirm()
+            if not self._store_answers:
+                return Decision(c, "keep", "HEAD 404 but the store probe failed: unknown")
             return Decision(c, "reupload", "object missing in S3 (HEAD 404)")
         except StorageError as exc:
             if self.metrics:

@@ -63,3 +63,5 @@ async def run_reconciler(
             await once()
         except JournalError as exc:
             log.warning("reconcile pass failed (%s); next one in %.0f s", exc, interval)
+        except Exception:  # a maintenance pass must never take intake down with it
+            log.exception("reconcile pass failed; next one in %.0f s", interval)

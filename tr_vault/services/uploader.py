@@ -1,11 +1,16 @@
 """Upload workers: move pending calls from the cache to the object store, verified.
 
 The journal is the queue. Each worker claims the oldest due `pending` row (one row per
-transaction, so a backlog of any size costs disk, not memory), streams the cached file with
-its checksums, HEADs the object to verify size and SHA-256, and marks the row `done`. A failed
-attempt is recorded with its error and retried after an exponential backoff with jitter;
-after `max_attempts`, or at once on a permanent error such as a 403, the row is `failed`.
-Intake only wakes the workers; a lost wake-up costs at most `IDLE_POLL` seconds.
+transaction, so a backlog of any size costs disk, not memory) on a lease, streams the cached
+file with its checksums, HEADs the object to verify size and SHA-256, and marks the row `done`.
+
+What goes wrong is sorted by whose fault it is. A store-wide error (`StorageUnavailable`)
+asks the store's health for a probe: if the store is down, the claim is given back untouched
+and the workers wait until it is up again; if the probe works, the error was the call's after
+all. Errors about the call (a verification mismatch, a refusal for good, a missing cached file,
+or any unexpected exception) cost one of its attempts, with exponential backoff and jitter;
+after `max_attempts`, or at once when permanent, the row is `failed`. No exception about one
+call ends a worker. Intake only wakes the workers; a lost wake-up costs at most `IDLE_POLL`.
 """
 
 from __future__ import annotations
@@ -13,23 +18,31 @@ from __future__ import annotations
 import logging
 import random
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
 
+from tr_vault.audio_types import stored_type
 from tr_vault.cache import AudioCache
 from tr_vault.call import UploadJob
-from tr_vault.errors import JournalError, ObjectNotFound, StorageError
+from tr_vault.errors import (
+    CallStorageError,
+    JournalError,
+    ObjectNotFound,
+    StorageUnavailable,
+    VerificationError,
+)
 from tr_vault.journal import Journal
 from tr_vault.metrics import Metrics
+from tr_vault.services.store_health import StoreHealth
 from tr_vault.storage.base import ObjectInfo, ObjectStore, audio_object_key
 
 log = logging.getLogger(__name__)
 
-IDLE_POLL = (
-    5.0  # seconds: an idle worker re-reads the journal at least this often (one indexed query)
-)
+IDLE_POLL = 5.0  # seconds: an idle worker re-reads the journal at least this often
 RELEASE_TIMEOUT = 5.0
+LEASE_MARGIN = 60.0  # seconds a claim outlives the upload timeout (probe, journal waits)
 _PLAIN_ETAG = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -44,16 +57,15 @@ class UploadPolicy:
     verify_etag: bool = True
     evict_after_upload: bool = False  # S3-only mode: the cache copy goes once verified
 
+    @property
+    def lease(self) -> float:
+        """How long a claim lasts: an upload's timeout plus a margin."""
+        return self.timeout + LEASE_MARGIN
+
     def backoff(self, attempts: int, rng: random.Random) -> float:
         """Delay before attempt `attempts + 1`: exponential, capped, with 'equal jitter'."""
         ceiling = min(self.backoff_max, self.backoff_base * 2.0 ** max(0, attempts - 1))
         return ceiling / 2 + rng.uniform(0, ceiling / 2)
-
-
-class VerificationError(StorageError):
-    """What landed is not what we sent: retry the upload."""
-
-    transient = True
 
 
 def verify(job: UploadJob, info: ObjectInfo, *, check_etag: bool) -> None:
@@ -78,8 +90,21 @@ def verify(job: UploadJob, info: ObjectInfo, *, check_etag: bool) -> None:
         )
 
 
+async def first_of(*waits: Callable[[], Awaitable[object]]) -> None:
+    """Return as soon as any of `waits` returns (the others are cancelled)."""
+    async with trio.open_nursery() as nursery:
+
+        async def one(wait: Callable[[], Awaitable[object]]) -> None:
+            await wait()
+            nursery.cancel_scope.cancel()
+
+        for wait in waits:
+            nursery.start_soon(one, wait)
+
+
 class Uploader:
-    """The upload workers and their wake-up. Run with `nursery.start(uploader.run)`."""
+    """The upload workers and their wake-up. Run with `nursery.start(uploader.run)`; the
+    store's `health` must run beside them."""
 
     def __init__(
         self,
@@ -88,6 +113,7 @@ class Uploader:
         store: ObjectStore,
         policy: UploadPolicy,
         *,
+        health: StoreHealth,
         run_id: str,
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
@@ -96,6 +122,7 @@ class Uploader:
         self.cache = cache
         self.store = store
         self.policy = policy
+        self.health = health
         self.run_id = run_id
         self.rng = rng or random.Random()
         self.metrics = metrics
@@ -120,9 +147,12 @@ class Uploader:
 
     async def _worker(self, worker: str) -> None:
         while not self._stopping.is_set():
+            if not self.health.is_up:  # an outage: take no row until the probe says so
+                await first_of(self.health.wait_up, self._stopping.wait)
+                continue
             wakeup = self._wakeup  # taken before reading, so a wake in between is not missed
             try:
-                claim = await self.journal.claim_next(worker)
+                claim = await self.journal.claim_next(worker, lease=self.policy.lease)
                 if claim.job is not None:
                     await self._process(claim.job, worker)
                     continue
@@ -130,16 +160,24 @@ class Uploader:
             except JournalError as exc:  # e.g. locked by an operator's long transaction
                 log.warning("upload worker %s: %s; trying again in %.0f s", worker, exc, IDLE_POLL)
                 wait = IDLE_POLL
+            except Exception:  # a bug must not take intake down with it
+                log.exception("upload worker %s: unexpected error; going on", worker)
+                wait = IDLE_POLL
             with trio.move_on_after(wait):
                 await wakeup.wait()
 
     async def upload_now(self, call_id: int) -> bool:
         """Upload one call right away (sync mode); True when it is verified in the store.
 
-        On failure the row stays `pending` with its error and backoff, for the workers.
+        While the store is down nothing is tried: the row waits for the workers. On failure
+        the row stays `pending` with its error and backoff, for the workers.
         """
+        with trio.move_on_after(self.policy.timeout):  # the first probe, at start-up
+            await self.health.wait_decided()
+        if not self.health.is_up:
+            return False
         worker = f"{self.run_id}:sync"
-        claim = await self.journal.claim_next(worker, call_id)
+        claim = await self.journal.claim_next(worker, lease=self.policy.lease, call_id=call_id)
         if claim.job is None:
             return False
         ok = await self._process(claim.job, worker)
@@ -148,29 +186,58 @@ class Uploader:
         return ok
 
     async def _process(self, job: UploadJob, worker: str) -> bool:
-        started = trio.current_time()
+        """One attempt at one claimed row, recorded on the row whatever happens."""
         try:
-            etag = await self._upload(job)
+            return await self._attempt(job, worker)
         except trio.Cancelled:
             with trio.move_on_after(RELEASE_TIMEOUT, shield=True):
                 await self.journal.release(job.id, worker)
             raise
-        except (StorageError, OSError) as exc:
+
+    async def _attempt(self, job: UploadJob, worker: str) -> bool:
+        started = trio.current_time()
+        try:
+            etag = await self._upload(job)
+        except StorageUnavailable as exc:
+            self._count("error")
+            if not await self.health.confirm():
+                # The store is down: not this call's fault. Give the row back untouched.
+                await self.journal.release(job.id, worker)
+                return False
+            await self._failed(
+                job, worker, f"{exc} (the store answers others: charged to this call)"
+            )
+        except CallStorageError as exc:
+            self._count("error")
+            await self._failed(job, worker, str(exc), permanent=not exc.transient)
+        except FileNotFoundError:
+            self._count("error")
+            error = f"cached file missing: {self.cache.path(job.key)}"
+            await self._failed(job, worker, error, permanent=True)
+        except OSError as exc:
+            self._count("error")
+            await self._failed(job, worker, f"reading {job.key}: {exc}")
+        except Exception as exc:  # whatever it is, it is about this row: record it, go on
+            self._count("error")
+            log.exception("upload of call_id=%d raised", job.id)
+            await self._failed(job, worker, f"unexpected {type(exc).__name__}: {exc}")
+        else:
+            self._count("ok")
             if self.metrics:
-                self.metrics.upload_attempts.labels(result="error").inc()
-            await self._failed(job, worker, exc)
-            return False
+                self.metrics.upload_seconds.observe(trio.current_time() - started)
+            evict = self.policy.evict_after_upload
+            if not await self.journal.upload_done(job.id, worker, etag, evict=evict):
+                log.warning("upload of call_id=%d finished after its claim expired", job.id)
+                return False
+            if evict:  # after the journal says so: a crash in between leaves a stray file
+                await self.cache.remove(job.key)
+            log.info("uploaded call_id=%d key=%s etag=%s", job.id, job.key, etag)
+            return True
+        return False
+
+    def _count(self, result: str) -> None:
         if self.metrics:
-            self.metrics.upload_attempts.labels(result="ok").inc()
-            self.metrics.upload_seconds.observe(trio.current_time() - started)
-        evict = self.policy.evict_after_upload
-        if not await self.journal.upload_done(job.id, worker, etag, evict=evict):
-            log.warning("upload of call_id=%d finished after its claim was taken back", job.id)
-            return False
-        if evict:  # after the journal says so: a crash in between leaves a stray file, not a hole
-            await self.cache.remove(job.key)
-        log.info("uploaded call_id=%d key=%s etag=%s", job.id, job.key, etag)
-        return True
+            self.metrics.upload_attempts.labels(result=result).inc()
 
     async def _upload(self, job: UploadJob) -> str | None:
         key = audio_object_key(job.key)
@@ -182,7 +249,8 @@ class Uploader:
                     size=job.size,
                     md5_hex=job.md5,
                     sha256_hex=job.sha256,
-                    content_type=job.content_type,
+                    # rows of older versions may hold a client's raw declaration
+                    content_type=stored_type(job.content_type, job.key),
                 )
                 try:
                     info = await self.store.head(key)
@@ -192,20 +260,17 @@ class Uploader:
                         f"verify {job.key}: not visible yet after a successful PUT"
                     ) from None
         except trio.TooSlowError:
-            raise VerificationError(
+            raise StorageUnavailable(
                 f"upload {job.key}: no answer within {self.policy.timeout:g} s"
                 " (TR_VAULT_UPLOAD_TIMEOUT)"
             ) from None
         verify(job, info, check_etag=self.policy.verify_etag)
         return info.etag or put.etag
 
-    async def _failed(self, job: UploadJob, worker: str, exc: Exception) -> None:
-        if isinstance(exc, FileNotFoundError):
-            error, permanent = f"cached file missing: {self.cache.path(job.key)}", True
-        elif isinstance(exc, StorageError):
-            error, permanent = str(exc), not exc.transient
-        else:
-            error, permanent = f"reading {job.key}: {exc}", False
+    async def _failed(
+        self, job: UploadJob, worker: str, error: str, *, permanent: bool = False
+    ) -> None:
+        """Charge one attempt to the call: backoff, or `failed` when they are spent."""
         retry_in = self.policy.backoff(job.attempts + 1, self.rng)
         state = await self.journal.upload_failed(
             job.id,

@@ -25,6 +25,7 @@ from tr_vault.errors import (
     StorageError,
     StoragePermanent,
     StorageUnavailable,
+    VerificationError,
 )
 from tr_vault.storage.base import ObjectInfo, ObjectStore, PutResult
 
@@ -53,7 +54,7 @@ class FileStore:
     """A directory that behaves like a bucket: atomic puts, HEAD with our metadata.
 
     Like S3 with Content-MD5, a put whose bytes do not match the given size and digests is
-    refused (`StorageUnavailable`, code `BadDigest`) and leaves nothing behind.
+    refused (`VerificationError`, code `BadDigest`) and leaves nothing behind.
     """
 
     def __init__(
@@ -96,7 +97,7 @@ class FileStore:
         except FileNotFoundError as exc:
             raise ObjectNotFound(f"{what}: not found", code="NoSuchKey", status=404) from exc
         except PermissionError as exc:
-            raise StoragePermanent(f"{what}: {exc}", code="AccessDenied") from exc
+            raise StorageUnavailable(f"{what}: {exc}", code="AccessDenied") from exc
         except OSError as exc:
             raise StorageUnavailable(f"{what}: {exc}") from exc
 
@@ -106,7 +107,7 @@ class FileStore:
         def check_sync() -> None:
             self.root.mkdir(parents=True, exist_ok=True)
             if not os.access(self.root, os.W_OK | os.X_OK):
-                raise StoragePermanent(f"check {self.root}: directory is not writable")
+                raise StorageUnavailable(f"check {self.root}: directory is not writable")
 
         try:
             await self._run(f"check {self.root}", check_sync)
@@ -145,7 +146,7 @@ class FileStore:
                 if copied != size:
                     raise StoragePermanent(f"{what}: {path} has {copied} bytes, expected {size}")
                 if md5.hexdigest() != md5_hex.lower() or sha256.hexdigest() != sha256_hex.lower():
-                    raise StorageUnavailable(
+                    raise VerificationError(
                         f"{what}: BadDigest: the bytes read do not match the given MD5/SHA-256",
                         code="BadDigest",
                         status=400,

@@ -33,6 +33,7 @@ from tr_vault.errors import (
     StorageError,
     StoragePermanent,
     StorageUnavailable,
+    VerificationError,
 )
 from tr_vault.storage.base import ObjectInfo, ObjectStore, PutResult
 
@@ -45,20 +46,62 @@ _CHECK_LIMITS = httpx.Timeout(CHECK_TIMEOUT)
 MAX_PRESIGN_EXPIRY = 7 * 24 * 3600  # SigV4's limit for X-Amz-Expires
 META_SHA256 = "x-amz-meta-sha256"
 
-# Error codes that mean "the bytes or the timing went wrong on the way": the same request
-# sent again can succeed, so they are StorageUnavailable although their status is 4xx.
-TRANSIENT_CODES = frozenset(
+# Error codes about the store, whatever the call: the same request would fail for any call.
+# 401, 403, 3xx, 429 and 5xx answers are about the store whatever their code.
+STORE_CODES = frozenset(
     {
         "SlowDown",
         "RequestTimeout",
-        "BadDigest",
-        "XAmzContentSHA256Mismatch",
         "InternalError",
         "ServiceUnavailable",
         "OperationAborted",
         "RequestTimeoutException",
+        "Throttling",
+        "RequestLimitExceeded",
+        "NoSuchBucket",
+        "AccessDenied",
+        "AllAccessDisabled",
+        "AccountProblem",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "RequestTimeTooSkewed",
+        "AuthorizationHeaderMalformed",
+        "AuthorizationQueryParametersError",
+        "InvalidBucketName",
+        "InvalidRegion",
+        "PermanentRedirect",
+        "TemporaryRedirect",
+        "Redirect",
+        "NotSignedUp",
+        "NotImplemented",
+        "InvalidSecurity",
+        "NoCredentials",
     }
 )
+# The bytes were damaged on the way or the cached file no longer matches its digests:
+# about this call, and sending again can help.
+MISMATCH_CODES = frozenset(
+    {"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "IncompleteBody"}
+)
+# What an operator should do about a store-wide refusal, by code.
+HINTS = {
+    "NoSuchBucket": "create the bucket or fix S3_BUCKET / S3_ENDPOINT",
+    "AccessDenied": "grant this key s3:PutObject and s3:GetObject on the bucket and prefix",
+    "AllAccessDisabled": "the bucket's owner has disabled access to it",
+    "InvalidAccessKeyId": "check S3_ACCESS_KEY (the store does not know this key)",
+    "SignatureDoesNotMatch": "check S3_SECRET_KEY (and S3_REGION)",
+    "ExpiredToken": "the temporary credentials expired: refresh them or check the role",
+    "InvalidToken": "the session token is not valid: refresh the credentials",
+    "TokenRefreshRequired": "the temporary credentials need a refresh",
+    "RequestTimeTooSkewed": "this machine's clock is off: sync it (NTP); uploads resume then",
+    "AuthorizationHeaderMalformed": "check S3_REGION",
+    "PermanentRedirect": "the bucket is in another region or endpoint: check S3_REGION",
+    "TemporaryRedirect": "the bucket is being set up in another region: check S3_REGION",
+    "NoCredentials": "set S3_ACCESS_KEY and S3_SECRET_KEY",
+}
 
 
 class _ShortFile(Exception):
@@ -229,10 +272,10 @@ class S3Store:
 
                 self._chain = botocore.session.get_session().get_credentials()
             if self._chain is None:
-                raise StoragePermanent(no_credentials, code="NoCredentials")
+                raise StorageUnavailable(no_credentials, code="NoCredentials")
             self._frozen = self._chain.get_frozen_credentials()
         except (NoCredentialsError, PartialCredentialsError, ProfileNotFound) as exc:
-            raise StoragePermanent(f"{no_credentials}: {exc}", code="NoCredentials") from exc
+            raise StorageUnavailable(f"{no_credentials}: {exc}", code="NoCredentials") from exc
         except BotoCoreError as exc:  # e.g. the instance metadata service did not answer
             raise StorageUnavailable(f"refresh S3 credentials: {exc}") from exc
         return self._frozen
@@ -289,10 +332,11 @@ class S3Store:
         except httpx.HTTPError as exc:
             raise StorageUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
         except httpx.InvalidURL as exc:
-            raise StoragePermanent(f"{what}: invalid URL ({exc}); check S3_ENDPOINT") from exc
+            raise StorageUnavailable(f"{what}: invalid URL ({exc}); check S3_ENDPOINT") from exc
 
     def _error(self, what: str, response: httpx.Response, *, key: str | None) -> StorageError:
-        """The `StorageError` an unsuccessful response means (404 on a key: ObjectNotFound)."""
+        """The `StorageError` an unsuccessful response means: about the store, about this
+        call, or (404 on a key) `ObjectNotFound`."""
         status = response.status_code
         code, message = _parse_error(response.content)
         text = f"{what}: HTTP {status}"
@@ -305,11 +349,23 @@ class S3Store:
         bucket_region = response.headers.get("x-amz-bucket-region")
         if bucket_region and bucket_region != self.region:
             text += f" (bucket {self.bucket} is in region {bucket_region}: set S3_REGION)"
+        elif 300 <= status < 400:
+            where = response.headers.get("location")
+            text += f" (redirected{' to ' + where if where else ''}: check S3_REGION/S3_ENDPOINT)"
+        elif code in HINTS:
+            text += f"; {HINTS[code]}"
         if status == 404 and key is not None and code in (None, "NoSuchKey", "NotFound"):
             return ObjectNotFound(text, code=code or "NoSuchKey", status=status)
-        if status >= 500 or status == 429 or code in TRANSIENT_CODES:
+        if code in MISMATCH_CODES:
+            return VerificationError(text, code=code, status=status)
+        if (
+            code in STORE_CODES
+            or status >= 500
+            or status in (401, 403, 404, 429)
+            or 300 <= status < 400
+        ):
             return StorageUnavailable(text, code=code, status=status)
-        if 300 <= status < 500:
+        if 400 <= status < 500:
             return StoragePermanent(text, code=code, status=status)
         return StorageUnavailable(text, code=code, status=status)
 
@@ -329,7 +385,10 @@ class S3Store:
     # -- the ObjectStore protocol -------------------------------------------------------------
 
     async def check(self) -> None:
-        """HeadBucket with a short timeout: are the credentials and the bucket right?"""
+        """HeadBucket with a short timeout: are the credentials and the bucket right?
+
+        Every refusal is about the store (`StorageUnavailable`), with what to fix.
+        """
         what = f"check bucket {self.bucket}"
         response = await self._request(
             "HEAD", self._bucket_url(self.endpoint), what=what, limits=_CHECK_LIMITS
@@ -339,7 +398,7 @@ class S3Store:
         status = response.status_code
         region = response.headers.get("x-amz-bucket-region")
         if region and region != self.region:
-            raise StoragePermanent(
+            raise StorageUnavailable(
                 f"{what}: bucket {self.bucket} is in region {region}, not {self.region} "
                 f"(HTTP {status}); set S3_REGION={region}",
                 status=status,
@@ -347,14 +406,14 @@ class S3Store:
         if status in (400, 403):
             # HEAD answers carry no error body: ask once more with a GET to learn the code.
             code, detail = await self._diagnose(what)
-            raise StoragePermanent(
+            raise StorageUnavailable(
                 f"{what}: bad credentials or no access to bucket {self.bucket} (HTTP {status}"
                 f"{detail}); check S3_ACCESS_KEY, S3_SECRET_KEY, S3_REGION and the bucket policy",
                 code=code,
                 status=status,
             )
         if status == 404:
-            raise StoragePermanent(
+            raise StorageUnavailable(
                 f"{what}: bucket {self.bucket} does not exist (HTTP 404); create it or fix "
                 "S3_BUCKET / S3_ENDPOINT",
                 code="NoSuchBucket",

@@ -156,9 +156,15 @@ def calls_blueprint(ctx: WebContext) -> Blueprint:
             + ")",
         )
 
+    async def journal_summary() -> dict[str, Any]:
+        s = await ctx.journal.summary()
+        if ctx.health is not None:  # the live state; the journal's copy may lag a probe
+            s["store"] = ctx.health.status.as_dict()
+        return s
+
     @bp.get("/api/journal/summary")
     async def summary() -> Response:
-        return jsonify(await ctx.journal.summary())
+        return jsonify(await journal_summary())
 
     @bp.get("/metrics")
     async def metrics() -> Response:
@@ -167,6 +173,7 @@ def calls_blueprint(ctx: WebContext) -> Blueprint:
             pending=s["states"]["pending"]["calls"],
             failed=s["states"]["failed"]["calls"],
             cached_bytes=s["cached"]["bytes"],
+            store=ctx.health.status if ctx.health is not None else None,
         )
         return Response(body, content_type="text/plain; version=0.0.4; charset=utf-8")
 

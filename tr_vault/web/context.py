@@ -11,6 +11,7 @@ from tr_vault.config import Settings
 from tr_vault.intake.store import Intake
 from tr_vault.journal import Journal
 from tr_vault.metrics import Metrics
+from tr_vault.services.store_health import StoreHealth
 from tr_vault.storage.base import ObjectStore
 
 
@@ -23,3 +24,4 @@ class WebContext:
     upload_slots: trio.CapacityLimiter
     metrics: Metrics
     store: ObjectStore | None = None
+    health: StoreHealth | None = None
