@@ -82,10 +82,12 @@ async def open_bench(tmp_path: Path, *, state: str = "pending") -> Bench:
 
 
 async def wait_state(bench: Bench, call_id: int, state: str) -> None:
-    """Wait (virtual time) until the call reaches `state`."""
-    with trio.fail_after(600):
-        while True:
-            row = await bench.journal.get_call(call_id)
-            if row is not None and row.state == state:
-                return
+    """Wait (virtual time) until the call reaches `state`.
+
+    The row is read by the test's own blocking sqlite3 call, not a journal thread hop: while
+    every task waits on a thread, the mock clock would jump straight to the farthest deadline
+    (this bound), and on a loaded machine a hop can outlast the autojump threshold.
+    """
+    with trio.fail_after(3600):
+        while bench.rows("SELECT state FROM calls WHERE id = ?", call_id) != [(state,)]:
             await trio.sleep(1)

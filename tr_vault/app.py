@@ -21,7 +21,7 @@ from tr_vault.cache import AudioCache
 from tr_vault.config import Settings, StorageMode
 from tr_vault.errors import ConfigError
 from tr_vault.intake.store import Intake
-from tr_vault.journal import Journal, set_store_health
+from tr_vault.journal import Journal, recorded_keys, set_store_health
 from tr_vault.lock import hold_data_dir
 from tr_vault.metrics import Metrics
 from tr_vault.services.pruner import PrunePolicy, Pruner, PruneReport
@@ -38,8 +38,14 @@ from tr_vault.storage.base import ObjectStore
 from tr_vault.timefmt import WallClock, system_clock
 from tr_vault.web.app import CollapseSlashes, create_app
 from tr_vault.web.context import WebContext
+from tr_vault.web.hosts import AllowedHosts
+from tr_vault.web.slots import UploadSlots
+from tr_vault.web.uploads import UploadRoutes
 
 log = logging.getLogger(__name__)
+
+
+APP_QUEUE_CHUNKS = 4
 
 
 def hypercorn_config(settings: Settings) -> HypercornConfig:
@@ -49,6 +55,9 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
     config.graceful_timeout = settings.shutdown_grace
     # A per-read timeout: a slow link that keeps sending is fine, a silent one is cut.
     config.read_timeout = max(1, int(settings.idle_timeout))
+    # A request's body waits in this many chunks (64 KiB each) at most: when the handler does
+    # not read (no upload slot yet), hypercorn stops reading the socket.
+    config.max_app_queue_size = APP_QUEUE_CHUNKS
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     return config
@@ -118,6 +127,23 @@ def store_health(
     )
 
 
+async def recover_cache(cache: AudioCache, journal: Journal) -> None:
+    """Clean up after a crash mid-upload: temp files go, and so does a file linked under its
+    key whose row was never committed (nothing was acknowledged for it)."""
+    stray, staged = await trio.to_thread.run_sync(cache.prepare)
+    recorded = await journal.call(recorded_keys, [s.key for s in staged]) if staged else set()
+    orphans = await trio.to_thread.run_sync(cache.recover, staged, recorded)
+    if stray or staged:
+        log.warning(
+            "removed %d temp file(s) left by interrupted uploads; of %d linked before the"
+            " crash, %d had no row and were removed: %s",
+            stray + len(staged),
+            len(staged),
+            len(orphans),
+            ", ".join(orphans) or "none",
+        )
+
+
 async def serve(
     settings: Settings,
     *,
@@ -132,6 +158,7 @@ async def serve(
     `task_status.started` receives the bound URLs once the server accepts connections.
     `store` overrides the store the settings describe (tests use it).
     """
+    settings.check_exposure()  # also for settings not made by load_settings
     shutdown = shutdown if shutdown is not None else trio.Event()
     with hold_data_dir(settings.data_dir):
         await _serve_locked(settings, shutdown, clock, store, handle_signals, task_status)
@@ -151,9 +178,7 @@ async def _serve_locked(
     journal = await Journal.open(settings.db_path, clock=clock)
     try:
         cache = AudioCache(settings.audio_dir)
-        stray = await trio.to_thread.run_sync(cache.prepare)
-        if stray:
-            log.warning("removed %d temp file(s) left by an interrupted upload", stray)
+        await recover_cache(cache, journal)
         metrics = Metrics()
         health = uploader = pruner = None
         if store is not None:
@@ -187,12 +212,14 @@ async def _serve_locked(
             journal=journal,
             cache=cache,
             intake=intake,
-            upload_slots=trio.CapacityLimiter(settings.max_inflight_uploads),
             metrics=metrics,
             store=store,
             health=health,
         )
-        asgi = CollapseSlashes(create_app(ctx))
+        slots = UploadSlots(settings.max_inflight_uploads, settings.uploads_per_client)
+        asgi = CollapseSlashes(
+            AllowedHosts(UploadRoutes(ctx, create_app(ctx), slots), settings.host_allowed)
+        )
         async with trio.open_nursery() as nursery:
             if handle_signals:
                 nursery.start_soon(_stop_on_signal, shutdown)

@@ -1,8 +1,13 @@
-"""Upload API keys, as rdio-scanner models them: a key allows all systems or a list of systems.
+"""API keys, as rdio-scanner models them: a key allows all systems or a list of systems.
 
-`TR_VAULT_API_KEYS` holds comma-separated entries, each `KEY` (every system) or
-`KEY:SYSTEM|SYSTEM` (only those systems, by numeric id or short name).
-Keys are compared in constant time.
+`TR_VAULT_API_KEYS` (uploads) and `TR_VAULT_READ_KEYS` (reads) hold comma-separated entries,
+each `KEY` (every system) or `KEY:SYSTEM|SYSTEM` (only those systems, by numeric id or short
+name, case-insensitive). Keys are compared in constant time.
+
+A scope is matched against exactly one identifier per call, the one the protocol uses for the
+system and the journal stores in `calls.system`: the rdio-scanner `system` id, or the OpenMHz
+short name of the upload path. Labels the client sends (`systemLabel`, `meta.short_name`) are
+never matched, so they cannot widen a key. `KEY:11|metro` names both forms of one system.
 """
 
 from __future__ import annotations
@@ -12,14 +17,22 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class Scope:
+    """The systems a key may write or read: `systems is None` means every system."""
+
+    systems: frozenset[str] | None
+
+    def allows(self, system: str) -> bool:
+        return self.systems is None or system.lower() in self.systems
+
+
+EVERY_SYSTEM = Scope(None)
+
+
+@dataclass(frozen=True)
 class ApiKey:
     key: str
     systems: frozenset[str] | None  # None: every system
-
-    def allows(self, system_names: tuple[str, ...]) -> bool:
-        if self.systems is None:
-            return True
-        return any(name.lower() in self.systems for name in system_names if name)
 
 
 @dataclass(frozen=True)
@@ -49,29 +62,42 @@ class ApiKeys:
     def __bool__(self) -> bool:
         return bool(self.entries)
 
-    def check(self, key: str | None, *system_names: str) -> bool:
-        """True when `key` may upload for a system known by any of `system_names`.
+    def check(self, key: str | None, system: str) -> bool:
+        """True when `key` may upload for `system`: the one identifier the protocol names the
+        system by (the rdio-scanner id, the OpenMHz short name), never a label.
 
-        With no key configured every upload is accepted (the server then listens on loopback
-        or was told `TR_VAULT_ALLOW_ANONYMOUS=true`).
+        With no key configured every upload is accepted (the server then is private, or was
+        told `TR_VAULT_ALLOW_ANONYMOUS=true`).
         """
-        return self._match(key, system_names)
-
-    def known(self, key: str | None) -> bool:
-        """True when `key` is one of the configured keys (whatever systems it allows)."""
-        return self._match(key, None)
-
-    def _match(self, key: str | None, system_names: tuple[str, ...] | None) -> bool:
         if not self.entries:
             return True
-        if not key:
-            return False
+        scope = self.scope(key)
+        return scope is not None and scope.allows(system)
+
+    def known(self, key: str | None) -> bool:
+        """True when `key` is one of the configured keys (whatever systems it allows), or when
+        no key is configured."""
+        return not self.entries or self.scope(key) is not None
+
+    def scope(self, key: str | None) -> Scope | None:
+        """What `key` may reach, or None when it is not a configured key (or none is).
+
+        A key listed more than once gets the union of its entries.
+        """
+        if not key or not self.entries:
+            return None
         given = key.encode()
-        ok = False
+        matched = False
+        systems: set[str] = set()
+        every = False
         for entry in self.entries:
             # Compare against every entry so timing does not tell which key was close.
-            if hmac.compare_digest(given, entry.key.encode()) and (
-                system_names is None or entry.allows(system_names)
-            ):
-                ok = True
-        return ok
+            if hmac.compare_digest(given, entry.key.encode()):
+                matched = True
+                if entry.systems is None:
+                    every = True
+                else:
+                    systems |= entry.systems
+        if not matched:
+            return None
+        return EVERY_SYSTEM if every else Scope(frozenset(systems))

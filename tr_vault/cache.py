@@ -1,10 +1,16 @@
 """The local audio cache: where an upload becomes durable before it is acknowledged.
 
 An upload streams into a temp file under `audio/.incoming/` (same filesystem as its final
-place) while it is hashed and counted. Once the request is accepted the file is fsynced,
-hard-linked to its key path (a link never replaces an existing file, so two recordings with
-the same name can never overwrite each other), the temp name is dropped and the directory is
-fsynced. Only then is the journal row committed and 200 sent.
+place) while it is hashed and counted. Once the request is accepted the file is marked with
+the key it is about to take (an extended attribute), fsynced, hard-linked to its key path (a
+link never replaces an existing file, so two recordings with the same name can never
+overwrite each other) and the directory is fsynced. Only then is the journal row committed
+and 200 sent; the temp name is dropped after the commit.
+
+So a process killed between the link and the commit leaves a temp file that names its key:
+at start-up (`prepare`, then `recover`) the key path of a temp file whose key no row holds is
+removed with it. A file no row owns never outlives a restart, and the recorder's resend finds
+its own name free.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import hashlib
 import os
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -22,6 +29,28 @@ from tr_vault.call import StoredAudio
 from tr_vault.durable import fsync_path
 
 INCOMING = ".incoming"
+KEY_XATTR = "user.tr_vault.key"  # on a temp file: the key path it is (being) linked under
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A temp file a crash left after linking it under `key` (its row may be missing)."""
+
+    key: str
+    temp: Path
+
+
+def _mark(path: Path, key: str) -> None:
+    """Record on the file (its inode) which key it is about to be linked under."""
+    with contextlib.suppress(OSError):  # no user xattrs here: a crash may then leave an orphan
+        os.setxattr(path, KEY_XATTR, key.encode())
+
+
+def _marked_key(path: Path) -> str | None:
+    try:
+        return os.getxattr(path, KEY_XATTR).decode()
+    except OSError:
+        return None
 
 
 class TempAudio:
@@ -65,14 +94,36 @@ class AudioCache:
         self.root = root
         self.incoming = root / INCOMING
 
-    def prepare(self) -> int:
-        """Create the directories and remove temp files a crash left behind; returns how many."""
+    def prepare(self) -> tuple[int, list[Staged]]:
+        """Create the directories and remove the temp files a crash left behind; returns how
+        many, and those that were already linked under a key (for `recover`)."""
         self.incoming.mkdir(parents=True, exist_ok=True)
-        removed = 0
+        removed, staged = 0, []
         for stray in self.incoming.iterdir():
-            if stray.is_file():
+            if not stray.is_file():
+                continue
+            key = _marked_key(stray) if stray.stat().st_nlink > 1 else None
+            if key is None:
                 stray.unlink(missing_ok=True)
                 removed += 1
+            else:
+                staged.append(Staged(key, stray))
+        return removed, staged
+
+    def recover(self, staged: Sequence[Staged], recorded: set[str]) -> list[str]:
+        """Finish what a crash interrupted: a linked temp file whose key has a row was
+        committed (drop the temp name); one whose key has none was never acknowledged (drop
+        the key path too, if it is still that file). Returns the key paths removed."""
+        removed = []
+        for item in staged:
+            if item.key not in recorded:
+                with contextlib.suppress(ValueError, FileNotFoundError):
+                    target = self.path(item.key)
+                    if target.samefile(item.temp):
+                        target.unlink()
+                        fsync_path(target.parent)
+                        removed.append(item.key)
+            item.temp.unlink(missing_ok=True)
         return removed
 
     def new_temp(self) -> TempAudio:
@@ -89,14 +140,14 @@ class AudioCache:
         return st.f_bavail * st.f_frsize
 
     async def commit(self, temp: TempAudio, candidates: Sequence[str]) -> StoredAudio:
-        """Make `temp` durable under the first free key of `candidates` (one thread hop)."""
+        """Make `temp` durable under the first free key of `candidates` (one thread hop).
+
+        The temp name stays until `temp.discard()`, which the caller runs once the row is
+        committed (or refused): until then a crash is recoverable by `recover`.
+        """
         temp.close()
         key = await trio.to_thread.run_sync(self._commit_sync, temp.path, candidates)
         return StoredAudio(key=key, size=temp.size, sha256=temp.sha256, md5=temp.md5)
-
-    async def move(self, key: str, candidates: Sequence[str]) -> str:
-        """Give a committed file another key (the journal said its key was taken)."""
-        return await trio.to_thread.run_sync(self._commit_sync, self.path(key), candidates)
 
     async def remove(self, key: str, *, prune_dirs: bool = False) -> None:
         """Delete a cached file; with `prune_dirs`, also its date and system directories
@@ -104,9 +155,13 @@ class AudioCache:
         await trio.to_thread.run_sync(self._remove_sync, key, prune_dirs)
 
     def _commit_sync(self, source: Path, candidates: Sequence[str]) -> str:
-        fsync_path(source)
+        """Link `source` under the first free candidate; the temp name stays (see the module
+        docstring). One fsync of the file (the mark rides along), one of the directory;
+        each name already taken costs one more fsync for its new mark."""
         for key in candidates:
             target = self.path(key)
+            _mark(source, key)
+            fsync_path(source)  # the data, and the mark, before any name points at them
             try:
                 self._make_dirs(target.parent)
                 os.link(source, target)
@@ -118,10 +173,7 @@ class AudioCache:
                     os.link(source, target)
                 except FileExistsError:
                     continue
-            source.unlink()
             fsync_path(target.parent)
-            if source.parent != target.parent:
-                fsync_path(source.parent)
             return key
         raise FileExistsError(f"every candidate key is taken: {list(candidates)}")
 

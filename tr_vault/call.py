@@ -82,6 +82,9 @@ class CallRow:
     cached: int
     pruned_at: str | None
     claim_expires_at: str | None
+    # Stored before migration 0003 as a call of its own, yet the same call (audio SHA-256,
+    # talkgroup, start second) as that earlier row; None for every call stored since.
+    duplicate_of: int | None
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from tr_vault.auth import ApiKeys
 from tr_vault.durations import parse_duration
 from tr_vault.errors import ConfigError
+from tr_vault.web.client import TrustedProxies
 
 ENV_PREFIX = "TR_VAULT_"
 
@@ -63,8 +64,16 @@ class Settings(BaseSettings):
     listen: str = "127.0.0.1:8080"
     api_keys: str = ""
     allow_anonymous: bool = False
+    # "This server is reachable by others even though it listens on loopback" (behind a
+    # reverse proxy, an SSH or container port forward): loopback then no longer means private.
+    public: bool = False
+    # Comma-separated IPs / CIDRs of reverse proxies whose X-Forwarded-For is believed. Setting
+    # any also makes the server public, as `public` does.
+    trusted_proxies: str = ""
     max_upload_mb: int = Field(64, gt=0)
     max_inflight_uploads: int = Field(32, gt=0)
+    max_uploads_per_client: int = Field(0, ge=0)  # 0: half of max_inflight_uploads, >= 1
+    allowed_hosts: str = ""  # comma-separated Host names; empty: see `host_allowed`
     inflight_wait: Duration = 30.0
     idle_timeout: Duration = 60.0
     min_free_mb: int = Field(256, ge=0)
@@ -114,6 +123,12 @@ class Settings(BaseSettings):
         ApiKeys.parse(value)
         return value
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_trusted_proxies(cls, value: str) -> str:
+        TrustedProxies.parse(value)
+        return value
+
     @field_validator("s3_endpoint", "s3_presign_endpoint")
     @classmethod
     def _check_endpoint(cls, value: str) -> str:
@@ -144,9 +159,25 @@ class Settings(BaseSettings):
         return ApiKeys.parse(self.read_keys)
 
     @property
+    def proxies(self) -> TrustedProxies:
+        return TrustedProxies.parse(self.trusted_proxies)
+
+    @property
+    def private(self) -> bool:
+        """Only this machine can reach the server: it listens on loopback, and neither
+        `TR_VAULT_PUBLIC` nor `TR_VAULT_TRUSTED_PROXIES` says that others come through."""
+        return is_loopback(self.host_port[0]) and not self.public and not self.proxies
+
+    @property
     def open_reads(self) -> bool:
-        """Reads need no key: none is configured and the server is private (or told so)."""
-        return not self.readers and (is_loopback(self.host_port[0]) or self.allow_anonymous)
+        """Reads need no key: no read key is configured and the server is private (or told
+        `TR_VAULT_ALLOW_ANONYMOUS`)."""
+        return not self.readers and (self.private or self.allow_anonymous)
+
+    @property
+    def read_access(self) -> ApiKeys:
+        """The keys reads take when they are not open: the read keys, else the upload keys."""
+        return self.readers if self.readers else self.keys
 
     @property
     def storage_mode(self) -> StorageMode:
@@ -163,6 +194,24 @@ class Settings(BaseSettings):
         )
 
     @property
+    def uploads_per_client(self) -> int:
+        """Upload slots one client address may hold at once."""
+        if self.max_uploads_per_client:
+            return min(self.max_uploads_per_client, self.max_inflight_uploads)
+        return max(1, self.max_inflight_uploads // 2)
+
+    def host_allowed(self, name: str) -> bool:
+        """Whether a request's Host name is served: the names of TR_VAULT_ALLOWED_HOSTS (`*`
+        for any); by default any name, but only loopback names for a keyless loopback server
+        (against DNS rebinding)."""
+        if self.allowed_hosts.strip():
+            names = {n.strip().lower() for n in self.allowed_hosts.split(",") if n.strip()}
+            return "*" in names or name in names
+        if not self.keys and self.private:
+            return is_loopback(name)
+        return True
+
+    @property
     def max_upload_bytes(self) -> int:
         return self.max_upload_mb * 1024 * 1024
 
@@ -171,13 +220,22 @@ class Settings(BaseSettings):
         return split_listen(self.listen)
 
     def check_exposure(self) -> None:
-        """Refuse to accept anonymous uploads from the network unless told to."""
-        host, _ = self.host_port
-        if not self.keys and not is_loopback(host) and not self.allow_anonymous:
-            raise ConfigError(
-                f"{ENV_PREFIX}API_KEYS: no API key is set and {ENV_PREFIX}LISTEN={self.listen} is "
-                f"not loopback; set {ENV_PREFIX}API_KEYS or {ENV_PREFIX}ALLOW_ANONYMOUS=true"
+        """Refuse to accept anonymous uploads (and reads) from others unless told to."""
+        if self.keys or self.private or self.allow_anonymous:
+            return
+        if not is_loopback(self.host_port[0]):
+            why = f"{ENV_PREFIX}LISTEN={self.listen} is not loopback"
+        elif self.public:
+            why = f"{ENV_PREFIX}PUBLIC=true says others reach this loopback address"
+        else:
+            why = (
+                f"{ENV_PREFIX}TRUSTED_PROXIES is set: others reach this loopback address"
+                " through a proxy"
             )
+        raise ConfigError(
+            f"{ENV_PREFIX}API_KEYS: no API key is set and {why}; set {ENV_PREFIX}API_KEYS or "
+            f"{ENV_PREFIX}ALLOW_ANONYMOUS=true"
+        )
 
 
 def split_listen(value: str) -> tuple[str, int]:

@@ -42,7 +42,7 @@ class Inserted:
 
 @dataclass(frozen=True)
 class Duplicate:
-    """The same audio (system + SHA-256) is already in the journal as `call_id`."""
+    """The same call (audio SHA-256 + talkgroup + start second) is already `call_id`."""
 
     call_id: int
     key: str
@@ -244,8 +244,9 @@ class Journal:
     ) -> InsertResult:
         """Record an upload whose audio is durable under `audio.key`, in one transaction.
 
-        Checks for the same audio first (system + SHA-256): a duplicate gets a `duplicate`
-        event on the existing call and no new row.
+        Checks for the same call first: the same audio (SHA-256) with the same talkgroup and
+        start time to the second, whatever the protocol or the form of the system's name (see
+        `identity`). A duplicate gets a `duplicate` event on the existing call and no new row.
         """
         now = self.clock()
         return await self._run(
@@ -345,9 +346,10 @@ class Journal:
     ) -> list[CallRow]:
         return await self._run(lambda conn: list_calls(conn, flt, limit=limit, after=after))
 
-    async def summary(self) -> dict[str, Any]:
+    async def summary(self, systems: frozenset[str] | None = None) -> dict[str, Any]:
+        """`status_summary`; with `systems`, of those systems' calls only."""
         now = self.clock()
-        return await self._run(lambda conn: status_summary(conn, now))
+        return await self._run(lambda conn: status_summary(conn, now, systems))
 
     async def check_writable(self) -> None:
         """Take and release the write lock: proves the journal can commit right now."""
@@ -385,6 +387,21 @@ def _job(row: sqlite3.Row) -> UploadJob:
     return UploadJob(**dict(row))
 
 
+# A call's identity (migration 0003): the audio's SHA-256, the talkgroup and the start time to
+# the second. Not the system: one recorder sends one call as system `11` (rdio-scanner plugin)
+# and as `metro` (OpenMHz plugin). The lookup is the unique index calls_identity, whose WHERE
+# (`duplicate_of IS NULL`) it repeats so that SQLite may use it.
+IDENTITY_LOOKUP = (
+    "SELECT id, key FROM calls WHERE sha256 = ? AND talkgroup = ?"
+    " AND substr(start_time, 1, 19) = ? AND duplicate_of IS NULL"
+)
+
+
+def identity(meta: CallMeta, sha256: str) -> tuple[str, int, str]:
+    """(sha256, talkgroup, start second as 'YYYY-MM-DD HH:MM:SS'), as calls_identity has it."""
+    return sha256, meta.talkgroup, to_db(meta.start_time)[:19]
+
+
 def insert_call(
     conn: sqlite3.Connection,
     meta: CallMeta,
@@ -396,12 +413,11 @@ def insert_call(
     """See `Journal.insert_call`: duplicate check, key check and insert in one transaction."""
     at = to_db(now)
     with transaction(conn):
-        dup = conn.execute(
-            "SELECT id, key FROM calls WHERE system = ? AND sha256 = ?",
-            (meta.system, audio.sha256),
-        ).fetchone()
+        dup = conn.execute(IDENTITY_LOOKUP, identity(meta, audio.sha256)).fetchone()
         if dup is not None:
-            note = json.dumps({"protocol": meta.protocol, "audio_name": meta.audio_name})
+            note = json.dumps(
+                {"protocol": meta.protocol, "system": meta.system, "audio_name": meta.audio_name}
+            )
             _event(conn, dup["id"], at, "duplicate", note)
             return Duplicate(dup["id"], dup["key"])
         if conn.execute("SELECT 1 FROM calls WHERE key = ?", (audio.key,)).fetchone():
@@ -665,34 +681,66 @@ def release(conn: sqlite3.Connection, call_id: int, worker: str) -> None:
         )
 
 
-def status_summary(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
-    """Counts and bytes per state, cached bytes, oldest pending, recent failures, last error."""
+def _in_systems(column: str, systems: frozenset[str] | None) -> tuple[str, list[Any]]:
+    """An SQL condition (with its parameters) limiting `column` to `systems`; none for None."""
+    if systems is None:
+        return "1", []
+    if not systems:
+        return "0", []
+    names = sorted(systems)
+    return f"{column} IN ({', '.join('?' * len(names))})", list(names)
+
+
+def status_summary(
+    conn: sqlite3.Connection, now: float, systems: frozenset[str] | None = None
+) -> dict[str, Any]:
+    """Counts and bytes per state, cached bytes, oldest pending, recent failures, last error.
+
+    With `systems`, only calls whose `system` is one of them (and only their events) count.
+    """
+    scope, sp = _in_systems("system", systems)
+    event_scope, ep = _in_systems("c.system", systems)
     states = {
         row["state"]: {"calls": row["n"], "bytes": row["bytes"]}
         for row in conn.execute(
-            "SELECT state, count(*) AS n, coalesce(sum(size), 0) AS bytes FROM calls GROUP BY state"
+            "SELECT state, count(*) AS n, coalesce(sum(size), 0) AS bytes FROM calls"
+            f" WHERE {scope} GROUP BY state",
+            sp,
         )
     }
     for state in ("pending", "done", "failed"):
         states.setdefault(state, {"calls": 0, "bytes": 0})
     oldest = conn.execute(
         "SELECT id, received_at FROM calls WHERE id ="
-        " (SELECT min(id) FROM calls WHERE state = 'pending')"
+        f" (SELECT min(id) FROM calls WHERE state = 'pending' AND {scope})",
+        sp,
     ).fetchone()
-    last_error = conn.execute(
-        "SELECT call_id AS id, at, detail AS error FROM events WHERE kind = 'upload_error'"
-        " ORDER BY at DESC, id DESC LIMIT 1"
-    ).fetchone()
+    if systems is None:
+        last_error = conn.execute(
+            "SELECT call_id AS id, at, detail AS error FROM events WHERE kind = 'upload_error'"
+            " ORDER BY at DESC, id DESC LIMIT 1"
+        ).fetchone()
+    else:
+        last_error = conn.execute(
+            "SELECT e.call_id AS id, e.at, e.detail AS error FROM events e"
+            " JOIN calls c ON c.id = e.call_id"
+            f" WHERE e.kind = 'upload_error' AND {event_scope}"
+            " ORDER BY e.at DESC, e.id DESC LIMIT 1",
+            ep,
+        ).fetchone()
     cached = conn.execute(
-        "SELECT count(*), coalesce(sum(size), 0) FROM calls WHERE cached = 1"
+        f"SELECT count(*), coalesce(sum(size), 0) FROM calls WHERE cached = 1 AND {scope}", sp
     ).fetchone()
     hour_ago = to_db(now - 3600)
     recent = {
         row["kind"]: row["n"]
         for row in conn.execute(
-            "SELECT kind, count(*) AS n FROM events WHERE kind IN ('upload_error', 'failed')"
-            " AND at >= ? GROUP BY kind",
-            (hour_ago,),
+            "SELECT e.kind, count(*) AS n FROM events e"
+            + ("" if systems is None else " JOIN calls c ON c.id = e.call_id")
+            + " WHERE e.kind IN ('upload_error', 'failed') AND e.at >= ?"
+            + ("" if systems is None else f" AND {event_scope}")
+            + " GROUP BY e.kind",
+            [hour_ago, *ep],
         )
     }
     return {
@@ -781,7 +829,8 @@ def mark_missing(conn: sqlite3.Connection, call_id: int, now: float, detail: str
 
 @dataclass(frozen=True)
 class CallFilter:
-    system: str | None = None
+    system: str | None = None  # a filter the reader asked for: `system` or `system_label`
+    systems: frozenset[str] | None = None  # the reader's scope: `system` only; None = every
     talkgroup: int | None = None
     since: float | None = None
     until: float | None = None
@@ -797,6 +846,10 @@ def list_calls(
     if flt.system is not None:
         where.append("(system = ? OR system_label = ?)")
         params += [flt.system, flt.system]
+    if flt.systems is not None:
+        condition, names = _in_systems("system", flt.systems)
+        where.append(condition)
+        params += names
     if flt.talkgroup is not None:
         where.append("talkgroup = ?")
         params.append(flt.talkgroup)

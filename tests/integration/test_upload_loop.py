@@ -34,6 +34,7 @@ from tr_vault.storage.base import audio_object_key
 
 AUDIO = b"\x00\x00\x00\x20ftypM4A " + bytes(range(256)) * 8
 LEASE = 10.0 + 60.0  # the policy's timeout plus the margin
+OUTAGE = 1800.0
 
 
 @pytest.fixture
@@ -138,9 +139,9 @@ async def test_an_outage_longer_than_every_backoff_spends_no_attempt(
         store.outage(error)
         await nursery.start(health.run)
         await nursery.start(up.run)
-        # Three attempts with a 60 s cap would spend every call within minutes; this
-        # outage lasts two hours.
-        await trio.sleep(2 * 3600)
+        # Three attempts with a 60 s cap would spend every call within about three minutes;
+        # this outage lasts half an hour.
+        await trio.sleep(OUTAGE)
         assert health.status.state is StoreState.DOWN
         assert health.status.code == error.code
         rows = bench.rows("SELECT state, attempts, claimed_by, last_error FROM calls")
@@ -148,14 +149,16 @@ async def test_an_outage_longer_than_every_backoff_spends_no_attempt(
         assert bench.rows("SELECT count(*) FROM events WHERE kind != 'received'") == [(0,)]
         assert call_puts(store) == []  # no call was even tried: only the probe goes out
         probes = [t for key, t in store.puts if key == PROBE_KEY]
-        assert 2 * 3600 / 60 <= len(probes) <= 2 * 3600 / 30 + 12  # backoff capped at 60 s
+        assert OUTAGE / 60 <= len(probes) <= OUTAGE / 30 + 12  # backoff capped at 60 s
         assert max(b - a for a, b in itertools.pairwise(probes)) <= 60.0 + 0.01
 
         store.outage(None)
         back = trio.current_time()
         for accepted in calls:
             await wait_state(bench, accepted.call_id, "done")
-        assert trio.current_time() - back <= 60.0 + 1.0
+        # Within one probe interval (60 s), plus the drain; virtual time can run ahead of the
+        # journal's thread hops on a loaded machine, hence the slack.
+        assert trio.current_time() - back <= 60.0 + 30.0
         nursery.cancel_scope.cancel()
     assert bench.rows("SELECT DISTINCT state, attempts FROM calls") == [("done", 1)]
     assert health.status.state is StoreState.UP
@@ -476,7 +479,10 @@ async def test_an_operator_retry_never_steals_a_claim_in_hand(
 
 
 async def test_workers_outlast_a_locked_journal(
-    tmp_path: Path, clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setattr("tr_vault.journal.BUSY_TIMEOUT", 0.1)
     bench = await open_bench(tmp_path)
@@ -488,7 +494,9 @@ async def test_workers_outlast_a_locked_journal(
         await nursery.start(health.run)
         blocker.execute("BEGIN IMMEDIATE")
         await nursery.start(uploader(bench, store, health, workers=2).run)
-        await trio.sleep(2)  # the workers' claims fail while the lock is held
+        with trio.fail_after(600):  # the workers' claims fail while the lock is held
+            while not any("database is locked" in r.getMessage() for r in caplog.records):
+                await trio.sleep(0.5)
         assert call_puts(store) == []
         blocker.rollback()
         blocker.close()

@@ -141,8 +141,9 @@ def test_api_keys() -> None:
     keys = ApiKeys.parse("all-key, limited:11|Metro ,")
     assert keys.check("all-key", "42")
     assert keys.check("limited", "11")
-    assert keys.check("limited", "99", "metro")
-    assert not keys.check("limited", "99", "county")
+    assert keys.check("limited", "metro")  # both forms of one system, case-insensitive
+    assert not keys.check("limited", "99")  # the one identifier decides: no label widens it
+    assert not keys.check("limited", "county")
     assert not keys.check("nope", "11")
     assert not keys.check(None, "11")
     assert keys.known("limited")

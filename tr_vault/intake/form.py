@@ -92,7 +92,7 @@ async def read_form(
     """
     boundary = multipart_boundary(content_type)
     if content_length is not None and content_length > limits.max_bytes:
-        raise _too_large(limits)
+        raise too_large(limits)
     decoder = MultipartDecoder(boundary, max_parts=MAX_PARTS)
     form = UploadForm()
     reader = _PartReader(form, cache, audio_field, before_audio)
@@ -111,7 +111,7 @@ async def read_form(
                 ) from None
             received += len(chunk)
             if received > limits.max_bytes:
-                raise _too_large(limits)
+                raise too_large(limits)
             for start in range(0, len(chunk), FEED_SLICE):
                 decoder.receive_data(chunk[start : start + FEED_SLICE])
                 reader.drain(decoder)
@@ -139,7 +139,7 @@ async def read_form(
     return form
 
 
-def _too_large(limits: FormLimits) -> IntakeError:
+def too_large(limits: FormLimits) -> IntakeError:
     mb = limits.max_bytes // (1024 * 1024)
     return IntakeError(
         413,

@@ -28,6 +28,8 @@ def short_name(path_segment: str) -> str:
 
 
 def check_key(system: str, form: UploadForm, keys: ApiKeys) -> None:
+    """401 `API Keys do not match!` unless the key's scope names `system`: the short name of
+    the path, the one identifier OpenMHz has (no form field can change it)."""
     if keys and not keys.check(form.get("api_key"), system):
         raise IntakeError(401, BAD_KEY)
 

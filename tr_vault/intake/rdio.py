@@ -28,14 +28,24 @@ def _system_label(form: UploadForm, meta: dict[str, Any] | None = None) -> str:
     return label
 
 
+def _system_id(form: UploadForm) -> int | None:
+    """The system id the key's scope is matched against: the `system` form field (both routes;
+    rdio-scanner never takes it from `meta`). `systemLabel` and `meta.short_name` are labels the
+    client chose: they are stored, never used to decide what a key may write."""
+    return f.lenient(f.positive_int, form.get("system", "systemId"))
+
+
 def check_key(form: UploadForm, keys: ApiKeys, talkgroup: int | None = None) -> None:
-    """401 with rdio-scanner's text when the key may not upload for this system."""
+    """401 with rdio-scanner's text when the key may not upload for this system.
+
+    Before the system id is known (or when it is absent, which is a 417 later) the key must be
+    a configured one; once it is known, the key's scope must name that id.
+    """
     if not keys:
         return
     key = form.get("key")
-    system = f.lenient(f.positive_int, form.get("system", "systemId"))
-    label = _system_label(form)
-    allowed = keys.known(key) if system is None else keys.check(key, str(system), label)
+    system = _system_id(form)
+    allowed = keys.known(key) if system is None else keys.check(key, str(system))
     if not allowed:
         raise IntakeError(
             401,

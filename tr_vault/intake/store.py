@@ -7,7 +7,6 @@ client that hangs up mid-way still leaves a whole call (its resend is then a dup
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -20,7 +19,7 @@ from tr_vault.cache import AudioCache, TempAudio
 from tr_vault.call import CallMeta, StoredAudio
 from tr_vault.errors import JournalError
 from tr_vault.intake.fields import safe_name
-from tr_vault.journal import Duplicate, Inserted, Journal, KeyTaken, recorded_keys
+from tr_vault.journal import Duplicate, Inserted, Journal, KeyTaken, identity
 from tr_vault.timefmt import utc_date
 
 log = logging.getLogger(__name__)
@@ -34,16 +33,21 @@ class Accepted:
 
 
 def key_candidates(meta: CallMeta, sha256: str) -> list[str]:
-    """`{system}/{YYYY-MM-DD}/{file}`, then names made unique by the audio's hash.
+    """`{system}/{YYYY-MM-DD}/{file}`, then names made unique by the call's identity.
 
     Two recorders covering one system can send different audio under one name: the second
-    gets `{stem}-{sha12}{ext}`, so nothing is ever overwritten.
+    gets `{stem}-{sha12}{ext}`, so nothing is ever overwritten. Equal bytes (silence, a tone)
+    under one name on another talkgroup or at another second are another call: the third name,
+    `{stem}-{sha12}-tg{talkgroup}-{HHMMSS}{ext}`, is the identity itself (the date is the
+    folder's), so calls of one day never run out of names. The numbered ones are a last resort.
     """
     folder = f"{safe_name(meta.key_system, 'system')}/{utc_date(meta.start_time)}"
     name = PurePosixPath(meta.audio_name)
     stem, ext = name.stem, name.suffix
     tag = sha256[:12]
-    names = [name.name, f"{stem}-{tag}{ext}"] + [f"{stem}-{tag}-{n}{ext}" for n in range(2, 6)]
+    second = identity(meta, sha256)[2][11:].replace(":", "")
+    names = [name.name, f"{stem}-{tag}{ext}", f"{stem}-{tag}-tg{meta.talkgroup}-{second}{ext}"]
+    names += [f"{stem}-{tag}-{n}{ext}" for n in range(2, 6)]
     return [f"{folder}/{n}" for n in names]
 
 
@@ -66,9 +70,6 @@ class Intake:
         self.cache = cache
         self.initial_state = initial_state
         self.on_stored = on_stored
-        # Keys linked in the cache whose rows are not committed yet (one server per data
-        # directory, so this set is the whole truth about files in that window).
-        self._in_flight: set[str] = set()
 
     async def store(self, meta: CallMeta, temp: TempAudio) -> Accepted:
         with trio.CancelScope(shield=True):
@@ -82,38 +83,15 @@ class Intake:
 
     async def _store(self, meta: CallMeta, temp: TempAudio) -> Accepted:
         candidates = key_candidates(meta, temp.sha256)
-        audio = await self.cache.commit(temp, candidates)
-        self._in_flight.add(audio.key)
         try:
-            audio = await self._reclaim_orphans(audio, candidates)
-            return await self._record(meta, audio, candidates)
+            audio = await self.cache.commit(temp, candidates)
+            return await self._record(meta, temp, audio, candidates)
         finally:
-            self._in_flight.discard(audio.key)
+            temp.discard()  # committed or refused: the temp name has done its job
 
-    async def _reclaim_orphans(self, audio: StoredAudio, candidates: list[str]) -> StoredAudio:
-        """Free the names before ours that hold files no journal row records.
-
-        A process killed between linking a file and committing its row leaves such an
-        orphan; nothing was acknowledged for it, so it holds nobody's call. When the
-        recorder's resend collides with it, the orphan goes and the resend takes its name.
-        Only on a collision: one indexed lookup, never a walk of the tree.
-        """
-        taken = candidates[: candidates.index(audio.key)]
-        if not taken:
-            return audio
-        recorded = await self.journal.call(recorded_keys, taken)
-        orphans = [k for k in taken if k not in recorded and k not in self._in_flight]
-        for key in orphans:
-            log.warning("removing %s: a file no call owns (a crash before its row)", key)
-            await self.cache.remove(key)
-        if not orphans:
-            return audio
-        self._in_flight.discard(audio.key)
-        audio = dataclasses.replace(audio, key=await self.cache.move(audio.key, orphans[:1]))
-        self._in_flight.add(audio.key)
-        return audio
-
-    async def _record(self, meta: CallMeta, audio: StoredAudio, candidates: list[str]) -> Accepted:
+    async def _record(
+        self, meta: CallMeta, temp: TempAudio, audio: StoredAudio, candidates: list[str]
+    ) -> Accepted:
         detail = json.dumps({"protocol": meta.protocol, "notes": list(meta.notes)} if meta.notes
                             else {"protocol": meta.protocol})  # fmt: skip
         while True:
@@ -132,7 +110,7 @@ class Intake:
                 log.info("duplicate call_id=%d key=%s", result.call_id, result.key)
                 return Accepted(result.call_id, result.key, duplicate=True)
             assert isinstance(result, KeyTaken)
+            # A row holds the name although its file is gone (pruned): take the next one.
             rest = candidates[candidates.index(audio.key) + 1 :]
-            self._in_flight.discard(audio.key)
-            audio = dataclasses.replace(audio, key=await self.cache.move(audio.key, rest))
-            self._in_flight.add(audio.key)
+            await self.cache.remove(audio.key)
+            audio = await self.cache.commit(temp, rest)

@@ -226,7 +226,7 @@ class StoreHealth:
         elif changed or code != old.code:
             log.warning(
                 "store %s is DOWN: %s. Uploads are paused and calls wait in the cache as"
-                " pending (their attempts are not spent); probing again at most every %.0f s",
+                " pending (their attempts are not spent); probing again at most every %g s",
                 new.name,
                 error,
                 self.max_interval,

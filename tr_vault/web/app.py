@@ -6,34 +6,47 @@ import re
 from typing import Any
 
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
-from quart import Response
+from quart import Response, jsonify, request
 from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
 
-from tr_vault.errors import IntakeError
-from tr_vault.web.calls import calls_blueprint
+from tr_vault.web.calls import JSON_PATHS, calls_blueprint
 from tr_vault.web.context import WebContext
 from tr_vault.web.health import health_blueprint
-from tr_vault.web.uploads import upload_blueprint
 
 _SLASHES = re.compile(r"/{2,}")
 
+# On every answer of the quart app, whatever route (or error handler) made it: no browser may
+# sniff a body into something it renders, and none may run anything from it (a recording, a
+# JSON body, a text that echoes a client's value): no scripts, no subresources, no origin.
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; sandbox",
+}
+
 
 def create_app(ctx: WebContext) -> QuartTrio:
+    """The quart app of every route but the uploads (see `tr_vault.web.uploads`)."""
     app = QuartTrio("tr_vault")
-    # Uploads stream their body themselves and count its size; quart's own buffer cap
-    # would cut a fast client whose chunks pile up while the handler writes.
-    app.config["MAX_CONTENT_LENGTH"] = None
-    app.register_blueprint(upload_blueprint(ctx))
     app.register_blueprint(health_blueprint(ctx))
     app.register_blueprint(calls_blueprint(ctx))
 
-    @app.errorhandler(IntakeError)
-    async def intake_error(exc: IntakeError) -> Response:
-        response = Response(exc.body, status=exc.status, content_type="text/plain; charset=utf-8")
-        if exc.status == 503:
-            response.headers["Retry-After"] = "30"
-        if exc.close:
-            response.headers["Connection"] = "close"
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response | HTTPException:
+        """The framework's own answers (no such route, method not allowed, a bad Range, a
+        500) are JSON on the read routes, like every other answer there."""
+        if not request.path.startswith(JSON_PATHS):
+            return exc
+        response = jsonify(error=f"{exc.code} {exc.name}".lower())
+        response.status_code = exc.code or 500
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
+
+    @app.after_request
+    async def security_headers(response: Response) -> Response:
+        response.headers.update(SECURITY_HEADERS)
         return response
 
     return app

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import trio
-
 from tr_vault.cache import AudioCache
 from tr_vault.config import Settings
 from tr_vault.intake.store import Intake
@@ -21,7 +19,6 @@ class WebContext:
     journal: Journal
     cache: AudioCache
     intake: Intake
-    upload_slots: trio.CapacityLimiter
     metrics: Metrics
     store: ObjectStore | None = None
     health: StoreHealth | None = None
