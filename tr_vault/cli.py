@@ -104,6 +104,9 @@ def check() -> None:
     Exits 0 when uploads and playback will work, 1 (with the reason) when not. The server
     itself never refuses to start over S3: calls wait in the cache while the store is down.
     """
+    import tempfile
+    from pathlib import Path
+
     import trio
 
     from tr_vault.app import open_store
@@ -120,10 +123,12 @@ def check() -> None:
         return
 
     async def run() -> list[Step]:
-        try:
-            return await check_store(store, settings.data_dir)
-        finally:
-            await store.aclose()
+        # The probe's local copy goes to a temp dir: the operator may not own the data dir.
+        with tempfile.TemporaryDirectory(prefix="tr-vault-check-") as probe_dir:
+            try:
+                return await check_store(store, Path(probe_dir))
+            finally:
+                await store.aclose()
 
     click.echo(f"checking {store!r}")
     steps = trio.run(run)

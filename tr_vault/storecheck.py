@@ -9,7 +9,6 @@ when every step that uploads and plays depend on worked.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,14 @@ import httpx
 import trio
 
 from tr_vault.errors import StorageError
-from tr_vault.services.store_health import PROBE_BODY, PROBE_KEY, PROBE_TIMEOUT, write_probe_file
+from tr_vault.services.store_health import (
+    PROBE_BODY,
+    PROBE_KEY,
+    PROBE_SHA256,
+    PROBE_TIMEOUT,
+    put_probe,
+    write_probe_file,
+)
 from tr_vault.storage.base import ObjectStore
 
 
@@ -30,7 +36,10 @@ class Step:
 
 
 async def check_store(store: ObjectStore, probe_dir: Path) -> list[Step]:
-    """Every step's outcome, in order; later steps are skipped once the PUT failed."""
+    """Every step's outcome, in order; later steps are skipped once the PUT failed.
+
+    `probe_dir` is a writable directory for the probe object's local copy.
+    """
     steps: list[Step] = []
     probe_file = await trio.to_thread.run_sync(write_probe_file, probe_dir / "store-probe")
 
@@ -44,14 +53,7 @@ async def check_store(store: ObjectStore, probe_dir: Path) -> list[Step]:
         steps.append(Step("bucket", False, _text(exc), required=status != 403))
     try:
         with trio.fail_after(PROBE_TIMEOUT):
-            await store.put_file(
-                PROBE_KEY,
-                probe_file,
-                size=len(PROBE_BODY),
-                md5_hex=hashlib.md5(PROBE_BODY, usedforsecurity=False).hexdigest(),
-                sha256_hex=hashlib.sha256(PROBE_BODY).hexdigest(),
-                content_type="text/plain",
-            )
+            await put_probe(store, probe_file)
         steps.append(Step("put", True, f"PUT {PROBE_KEY} ({len(PROBE_BODY)} bytes)"))
     except (StorageError, trio.TooSlowError) as exc:
         steps.append(Step("put", False, _text(exc)))
@@ -59,8 +61,7 @@ async def check_store(store: ObjectStore, probe_dir: Path) -> list[Step]:
     try:
         with trio.fail_after(PROBE_TIMEOUT):
             info = await store.head(PROBE_KEY)
-        expected = hashlib.sha256(PROBE_BODY).hexdigest()
-        if info.size != len(PROBE_BODY) or info.sha256 != expected:
+        if info.size != len(PROBE_BODY) or info.sha256 != PROBE_SHA256:
             steps.append(Step("head", False, f"HEAD shows size {info.size}, sha256 {info.sha256}"))
         else:
             steps.append(Step("head", True, "HEAD shows the size and SHA-256 metadata sent"))

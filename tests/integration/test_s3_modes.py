@@ -275,6 +275,14 @@ async def test_missing_bucket_never_stops_start_up(
     assert store["state"] == "down" and store["code"] == "NoSuchBucket"
     status, output = await tr_vault_check(check_env(vault))
     assert status == 1 and "NoSuchBucket" in output, output
+    with trio.fail_after(60):  # the operator's view, from the journal, beside the server
+        shown = await trio.run_process(
+            [sys.executable, "-m", "tr_vault", "status"],
+            env={"PATH": "/usr/bin:/bin", "TR_VAULT_DATA_DIR": str(vault.settings.data_dir)},
+            capture_stdout=True,
+        )
+    text = shown.stdout.decode()
+    assert "store: s3 DOWN since" in text and "create the bucket" in text, text
     moto_s3.client().create_bucket(Bucket="no-such-bucket-yet")
     await wait_until(lambda: states(vault) == ["done"])
     assert vault.calls()[0]["attempts"] == 1

@@ -74,6 +74,22 @@ def write_probe_file(path: Path) -> Path:
     return path
 
 
+PROBE_MD5 = hashlib.md5(PROBE_BODY, usedforsecurity=False).hexdigest()
+PROBE_SHA256 = hashlib.sha256(PROBE_BODY).hexdigest()
+
+
+async def put_probe(store: ObjectStore, probe_file: Path) -> None:
+    """PUT the probe object, exactly as a call is PUT (streamed, with its checksums)."""
+    await store.put_file(
+        PROBE_KEY,
+        probe_file,
+        size=len(PROBE_BODY),
+        md5_hex=PROBE_MD5,
+        sha256_hex=PROBE_SHA256,
+        content_type="text/plain",
+    )
+
+
 async def probe_store(store: ObjectStore, probe_file: Path, *, seconds: float) -> None:
     """PUT the probe object and HEAD it back; raises a `StorageError` saying what failed.
 
@@ -82,14 +98,7 @@ async def probe_store(store: ObjectStore, probe_file: Path, *, seconds: float) -
     """
     try:
         with trio.fail_after(seconds):
-            await store.put_file(
-                PROBE_KEY,
-                probe_file,
-                size=len(PROBE_BODY),
-                md5_hex=hashlib.md5(PROBE_BODY, usedforsecurity=False).hexdigest(),
-                sha256_hex=hashlib.sha256(PROBE_BODY).hexdigest(),
-                content_type="text/plain",
-            )
+            await put_probe(store, probe_file)
             try:
                 await store.head(PROBE_KEY)
             except ObjectNotFound:
