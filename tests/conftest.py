@@ -152,6 +152,9 @@ def s3_settings(bucket: Any, *, endpoint: str | None = None, **overrides: Any) -
         "s3_region": bucket.region,
         "s3_access_key": bucket.access_key,
         "s3_secret_key": bucket.secret_key,
+        # moto and SeaweedFS 4.48 both answer 412 to If-None-Match: * on an existing key
+        # (`auto` would HEAD before each PUT on a 127.0.0.1 endpoint).
+        "s3_conditional_put": "true",
         "upload_backoff_base": 0.05,
         "upload_backoff_max": 0.2,
         "upload_timeout": 10.0,

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
-from tr_vault.errors import ObjectNotFound, StorageError
-from tr_vault.storage.base import ObjectInfo, PutResult
+from tr_vault.errors import ObjectExists, ObjectNotFound, StorageError
+from tr_vault.storage.base import Key, ObjectInfo, ObjectRef, PutResult
 
 
 @dataclass
@@ -19,6 +19,7 @@ class Stored:
     data: bytes
     sha256: str
     content_type: str
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -38,6 +39,16 @@ class MemoryStore:
     put_delay: float = 0.0
     put_delays: dict[str, float] = field(default_factory=dict)
     on_put: Callable[[str], None] | None = None
+
+    def locate(self, key: str) -> ObjectRef:
+        return ObjectRef("", key)
+
+    @staticmethod
+    def _key(key: Key) -> str:
+        """Objects are filed by full key; a bucket other than the store's own is its prefix."""
+        if isinstance(key, ObjectRef):
+            return f"{key.bucket}:{key.key}" if key.bucket else key.key
+        return key
 
     def fail(self, op: str, error: BaseException, times: int = 1) -> None:
         for _ in range(times):
@@ -61,8 +72,18 @@ class MemoryStore:
         self._fault("check")
 
     async def put_file(
-        self, key: str, path: Path, *, size: int, md5_hex: str, sha256_hex: str, content_type: str
+        self,
+        key: Key,
+        path: Path,
+        *,
+        size: int,
+        md5_hex: str,
+        sha256_hex: str,
+        content_type: str,
+        metadata: Mapping[str, str] | None = None,
+        if_absent: bool = False,
     ) -> PutResult:
+        key = self._key(key)
         self.puts.append((key, trio.current_time()))
         if self.on_put is not None:
             self.on_put(key)
@@ -71,11 +92,16 @@ class MemoryStore:
             await trio.sleep(delay)
         await trio.lowlevel.checkpoint()
         self._fault("put")
+        if if_absent and key in self.objects:
+            raise ObjectExists(f"put {key}: 412", code="PreconditionFailed", status=412)
         data = path.read_bytes()
-        self.objects[key] = Stored(data, sha256_hex, content_type)
+        meta = dict(metadata or {})
+        meta["sha256"] = sha256_hex
+        self.objects[key] = Stored(data, sha256_hex, content_type, meta)
         return PutResult(etag=hashlib.md5(data).hexdigest())
 
-    async def head(self, key: str) -> ObjectInfo:
+    async def head(self, key: Key) -> ObjectInfo:
+        key = self._key(key)
         self.heads.append((key, trio.current_time()))
         await trio.lowlevel.checkpoint()
         self._fault("head")
@@ -88,9 +114,11 @@ class MemoryStore:
             etag=hashlib.md5(obj.data).hexdigest(),
             sha256=obj.sha256,
             content_type=obj.content_type,
+            metadata=dict(obj.metadata),
         )
 
-    async def get(self, key: str) -> bytes:
+    async def get(self, key: Key) -> bytes:
+        key = self._key(key)
         await trio.lowlevel.checkpoint()
         self._fault("get")
         obj = self.objects.get(key)
@@ -98,19 +126,20 @@ class MemoryStore:
             raise ObjectNotFound(f"get {key}: 404", status=404)
         return obj.data
 
-    async def delete(self, key: str) -> None:
+    async def delete(self, key: Key) -> None:
+        key = self._key(key)
         await trio.lowlevel.checkpoint()
         self.objects.pop(key, None)
 
     def presign_get(
         self,
-        key: str,
+        key: Key,
         *,
         expires_in: float,
         content_type: str | None = None,
         filename: str | None = None,
     ) -> str:
-        return f"memory://{key}?expires_in={expires_in:g}"
+        return f"memory://{self._key(key)}?expires_in={expires_in:g}"
 
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()

@@ -119,6 +119,7 @@ class S3Bucket(S3Endpoint):
             "access_key": self.access_key,
             "secret_key": self.secret_key,
             "timeout": 10.0,
+            "conditional_put": True,  # moto and SeaweedFS honour If-None-Match: * on PUT
         }
         args.update(overrides)
         return S3Store(**args)

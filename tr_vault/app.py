@@ -83,8 +83,10 @@ def upload_policy(settings: Settings) -> UploadPolicy:
         backoff_max=settings.upload_backoff_max,
         timeout=settings.upload_timeout,
         failed_retry_interval=settings.failed_retry_interval,
-        verify_etag=settings.s3_verify_etag,
+        verify_etag=settings.verify_etag,
         evict_after_upload=settings.storage_mode is StorageMode.S3_ONLY,
+        site=settings.site_name,
+        site_in_key=settings.site_in_key,
     )
 
 

@@ -85,6 +85,10 @@ class CallRow:
     # Stored before migration 0003 as a call of its own, yet the same call (audio SHA-256,
     # talkgroup, start second) as that earlier row; None for every call stored since.
     duplicate_of: int | None
+    # Where the verified object went (0004): its bucket and full key (prefix included); None
+    # before the first verified upload, and on rows uploaded before 0004.
+    bucket: str | None = None
+    object_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,3 +111,15 @@ class UploadJob:
     md5: str
     content_type: str
     attempts: int
+    # What the object's metadata records (see `tr_vault.objectmeta`).
+    protocol: str = ""
+    system: str = ""
+    system_label: str | None = None
+    talkgroup: int = 0
+    talkgroup_label: str | None = None
+    start_time: str = ""
+    duration: float | None = None
+    audio_name: str = ""
+    # Where an earlier verified upload put the object (after `missing_in_s3`); None otherwise.
+    bucket: str | None = None
+    object_key: str | None = None

@@ -9,6 +9,7 @@ Go-style strings (`90s`, `30m`, `720h`). `load_settings` turns any mistake into 
 from __future__ import annotations
 
 import ipaddress
+import socket
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,6 +20,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,6 +28,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from tr_vault.auth import ApiKeys
 from tr_vault.durations import parse_duration
 from tr_vault.errors import ConfigError
+from tr_vault.objectmeta import safe_site
 from tr_vault.web.client import TrustedProxies
 
 ENV_PREFIX = "TR_VAULT_"
@@ -36,6 +39,12 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 class UploadMode(StrEnum):
     SYNC = "sync"
     ASYNC = "async"
+
+
+class ConditionalPut(StrEnum):
+    AUTO = "auto"  # AWS and R2 endpoints: If-None-Match; any other: HEAD before PUT
+    TRUE = "true"  # send `If-None-Match: *` (the store honours it: 412 on an existing key)
+    FALSE = "false"  # HEAD before each call PUT (a short race window remains)
 
 
 class StorageMode(StrEnum):
@@ -93,6 +102,9 @@ class Settings(BaseSettings):
     prune_concurrency: int = Field(8, ge=1)
     cache_low_water: float = Field(0.9, gt=0, le=1)
     read_keys: str = ""
+    # The site that received a call (object metadata `site`); when set explicitly it is also a
+    # key segment: `{prefix}/audio/{site}/{system}/{date}/{file}`. Default: the host name.
+    site: str = ""
 
     s3_bucket: str = Field("", validation_alias=_s3("S3_BUCKET"))
     s3_endpoint: str = Field("", validation_alias=_s3("S3_ENDPOINT"))
@@ -106,8 +118,15 @@ class Settings(BaseSettings):
     s3_cache_max_gb: float = Field(0.0, ge=0, validation_alias=_s3("S3_CACHE_MAX_GB"))
     s3_upload_mode: UploadMode = Field(UploadMode.ASYNC, validation_alias=_s3("S3_UPLOAD_MODE"))
     s3_checksum_sha256: bool = Field(False, validation_alias=_s3("S3_CHECKSUM_SHA256"))
-    s3_verify_etag: bool = Field(True, validation_alias=_s3("S3_VERIFY_ETAG"))
+    # None: on, unless S3_SSE=aws:kms (whose ETags are not MD5s); see `verify_etag`.
+    s3_verify_etag: bool | None = Field(None, validation_alias=_s3("S3_VERIFY_ETAG"))
     s3_presign_endpoint: str = Field("", validation_alias=_s3("S3_PRESIGN_ENDPOINT"))
+    s3_conditional_put: ConditionalPut = Field(
+        ConditionalPut.AUTO, validation_alias=_s3("S3_CONDITIONAL_PUT")
+    )
+    s3_storage_class: str = Field("", validation_alias=_s3("S3_STORAGE_CLASS"))
+    s3_sse: str = Field("", validation_alias=_s3("S3_SSE"))
+    s3_sse_kms_key_id: str = Field("", validation_alias=_s3("S3_SSE_KMS_KEY_ID"))
 
     @field_validator("listen")
     @classmethod
@@ -141,6 +160,60 @@ class Settings(BaseSettings):
     @classmethod
     def _check_prefix(cls, value: str) -> str:
         return value.strip("/")
+
+    @field_validator("s3_storage_class")
+    @classmethod
+    def _check_storage_class(cls, value: str) -> str:
+        from tr_vault.storage.s3 import check_storage_class
+
+        try:
+            return check_storage_class(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("S3_STORAGE_CLASS: ")) from None
+
+    @field_validator("s3_sse")
+    @classmethod
+    def _check_sse(cls, value: str) -> str:
+        from tr_vault.storage.s3 import check_sse
+
+        try:
+            return check_sse(value, "")[0]
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("S3_SSE: ")) from None
+
+    @field_validator("s3_sse_kms_key_id")
+    @classmethod
+    def _check_kms_key(cls, value: str, info: ValidationInfo) -> str:
+        value = value.strip()
+        if value and info.data.get("s3_sse") != "aws:kms":
+            raise ValueError("set only with S3_SSE=aws:kms")
+        if not value.isascii():
+            raise ValueError("not an ASCII key id or ARN")
+        return value
+
+    @property
+    def site_name(self) -> str:
+        """The site recorded on every call object: TR_VAULT_SITE, else the host name."""
+        return safe_site(self.site or socket.gethostname())
+
+    @property
+    def site_in_key(self) -> bool:
+        """Object keys carry the site segment only when TR_VAULT_SITE is set."""
+        return bool(self.site.strip())
+
+    @property
+    def verify_etag(self) -> bool:
+        """S3_VERIFY_ETAG, by default on unless SSE-KMS makes ETags something else than MD5s."""
+        if self.s3_verify_etag is not None:
+            return self.s3_verify_etag
+        return self.s3_sse != "aws:kms"
+
+    @property
+    def conditional_put(self) -> bool | None:
+        """True/False from S3_CONDITIONAL_PUT; None (`auto`) lets the store decide by endpoint."""
+        if self.s3_conditional_put is ConditionalPut.AUTO:
+            return None
+        return self.s3_conditional_put is ConditionalPut.TRUE
 
     @property
     def db_path(self) -> Path:

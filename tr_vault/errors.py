@@ -6,6 +6,7 @@
     ├── IntakeError            an upload is refused; carries the HTTP status and the body to send
     └── StorageError           the object store failed
         ├── ObjectNotFound     a clear 404 for a key: the object is not there
+        ├── ObjectExists       a PUT that may not replace found an object at its key (412)
         ├── StorageUnavailable about the store: the same request would fail for any call
         │                      (network, timeouts, 5xx, SlowDown, credentials, no bucket, clock
         │                      skew, redirects). The store is marked down; no call is charged.
@@ -61,6 +62,13 @@ class StorageError(TrVaultError):
 
 class ObjectNotFound(StorageError):
     """The store answered a clear 404 for the key."""
+
+    transient = False
+
+
+class ObjectExists(StorageError):
+    """A PUT that must not replace an object found one at its key (S3: 412 on
+    `If-None-Match: *`). HEAD it to learn whether it is ours."""
 
     transient = False
 

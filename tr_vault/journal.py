@@ -73,6 +73,8 @@ class PruneCandidate:
     size: int
     sha256: str
     uploaded_at: str
+    bucket: str | None
+    object_key: str | None  # where the verified object is; None on rows uploaded before 0004
     reason: str
 
 
@@ -260,10 +262,32 @@ class Journal:
         return await self._run(lambda conn: claim_next(conn, worker, now, call_id, lease))
 
     async def upload_done(
-        self, call_id: int, worker: str, etag: str | None, *, evict: bool
+        self,
+        call_id: int,
+        worker: str,
+        etag: str | None,
+        *,
+        evict: bool,
+        bucket: str | None = None,
+        object_key: str | None = None,
+        notes: Sequence[tuple[str, str]] = (),
     ) -> bool:
+        """Mark the verified upload `done`, recording where the object went; `notes` are
+        events (kind, detail) written in the same transaction (e.g. `key_collision`)."""
         now = self.clock()
-        return await self._run(lambda conn: upload_done(conn, call_id, worker, now, etag, evict))
+        return await self._run(
+            lambda conn: upload_done(
+                conn,
+                call_id,
+                worker,
+                now,
+                etag,
+                evict,
+                bucket=bucket,
+                object_key=object_key,
+                notes=notes,
+            )
+        )
 
     async def upload_failed(
         self,
@@ -380,7 +404,10 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("COMMIT")
 
 
-_JOB_COLUMNS = "id, key, size, sha256, md5, content_type, attempts"
+_JOB_COLUMNS = (
+    "id, key, size, sha256, md5, content_type, attempts, protocol, system, system_label,"
+    " talkgroup, talkgroup_label, start_time, duration, audio_name, bucket, object_key"
+)
 
 
 def _job(row: sqlite3.Row) -> UploadJob:
@@ -610,22 +637,37 @@ def retry(conn: sqlite3.Connection, now: float, call_ids: Sequence[int] | None) 
 
 
 def upload_done(
-    conn: sqlite3.Connection, call_id: int, worker: str, now: float, etag: str | None, evict: bool
+    conn: sqlite3.Connection,
+    call_id: int,
+    worker: str,
+    now: float,
+    etag: str | None,
+    evict: bool,
+    *,
+    bucket: str | None = None,
+    object_key: str | None = None,
+    notes: Sequence[tuple[str, str]] = (),
 ) -> bool:
-    """Mark a verified upload `done`; False (and nothing written) if the claim was lost or
-    has expired."""
+    """Mark a verified upload `done` with its object's bucket and full key (kept as they were
+    when not given); False (and nothing written) if the claim was lost or has expired."""
     at = to_db(now)
     with transaction(conn):
         cur = conn.execute(
             "UPDATE calls SET state = 'done', attempts = attempts + 1, etag = ?, uploaded_at = ?,"
             " verified_at = ?, last_error = NULL, next_attempt_at = NULL, claimed_by = NULL,"
-            " claimed_at = NULL, claim_expires_at = NULL"
+            " claimed_at = NULL, claim_expires_at = NULL,"
+            " bucket = coalesce(?, bucket), object_key = coalesce(?, object_key)"
             " WHERE id = ? AND claimed_by = ? AND claim_expires_at > ?",
-            (etag, at, at, call_id, worker, at),
+            (etag, at, at, bucket, object_key, call_id, worker, at),
         )
         if not cur.rowcount:
             return False
-        _event(conn, call_id, at, "upload_ok", json.dumps({"etag": etag}))
+        for kind, detail in notes:
+            _event(conn, call_id, at, kind, detail)
+        done: dict[str, Any] = {"etag": etag}
+        if object_key is not None:
+            done.update(bucket=bucket, object_key=object_key)
+        _event(conn, call_id, at, "upload_ok", json.dumps(done))
         _event(conn, call_id, at, "verified", "size and sha256 match")
         if evict:
             conn.execute("UPDATE calls SET cached = 0, pruned_at = ? WHERE id = ?", (at, call_id))
@@ -774,7 +816,7 @@ def prune_candidates(
         cached_bytes = int(
             conn.execute("SELECT coalesce(sum(size), 0) FROM calls WHERE cached = 1").fetchone()[0]
         )
-    columns = "id, key, size, sha256, uploaded_at"
+    columns = "id, key, size, sha256, uploaded_at, bucket, object_key"
     picked: list[PruneCandidate] = []
     if retention > 0:
         rows = conn.execute(

@@ -278,9 +278,11 @@ def test_migration_0003_keeps_every_row_id_and_event(tmp_path: Path) -> None:
     assert migrate(conn) == [n for n, _ in migration_files() if n > 2]
 
     calls_after = everything(conn, "calls")
-    assert [{k: v for k, v in c.items() if k != "duplicate_of"} for c in calls_after] == (
+    added_later = ("duplicate_of", "bucket", "object_key")  # 0003; 0004 (NULL: as before)
+    assert [{k: v for k, v in c.items() if k not in added_later} for c in calls_after] == (
         calls_before
     )
+    assert all(c["bucket"] is None and c["object_key"] is None for c in calls_after)
     assert {c["id"]: c["duplicate_of"] for c in calls_after} == {
         1: None, 2: 1, 3: 1, 4: None, 5: None, 6: None
     }  # fmt: skip

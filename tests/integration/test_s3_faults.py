@@ -207,12 +207,19 @@ async def test_stored_but_unanswered_upload_ends_done_once(
     make_vault: VaultFactory, moto_s3: MotoS3
 ) -> None:
     """The PUT (or the verifying HEAD) reaches moto and succeeds there, but its answer comes
-    after the upload timeout: the call is charged one attempt, uploaded again (the same key,
-    the same bytes) and ends `done` with one object."""
+    after the upload timeout: the call is charged one attempt, PUT again (the same key, the
+    same bytes, `If-None-Match: *`: 412, the object there is ours) and ends `done` with one
+    object."""
     with trio.fail_after(30):
         async with open_fault_proxy("127.0.0.1", port_of(moto_s3)) as proxy:
             vault = await make_vault(
-                **s3_settings(moto_s3, endpoint=proxy.url, upload_timeout=1.0, upload_workers=2)
+                **s3_settings(
+                    moto_s3,
+                    endpoint=proxy.url,
+                    upload_timeout=1.0,
+                    upload_workers=2,
+                    s3_conditional_put="true",  # moto honours it (the proxy hides that)
+                )
             )
             sent: dict[int, str] = {}
             # One call at a time, so the held answer is always the call's own first request.
@@ -240,8 +247,9 @@ async def test_stored_but_unanswered_upload_ends_done_once(
         assert "TR_VAULT_UPLOAD_TIMEOUT" in error
         assert "charged to this call" in error
         requests = [(m, s) for m, t, s in seen if t == keys[call["id"]]]
-        assert requests.count(("PUT", 200)) == 2, requests  # both PUTs were stored
-        assert all(status == 200 for _, status in requests), requests
+        assert requests.count(("PUT", 200)) == 1, requests  # the first PUT was stored
+        assert requests.count(("PUT", 412)) == 1, requests  # the second replaced nothing
+        assert all(status in (200, 412) for _, status in requests), requests
 
 
 # -- 3. a long outage ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -775,3 +776,70 @@ async def test_file_store_head_ignores_a_sidecar_that_does_not_match(tmp_path: P
         info = await store.head(KEY)
     assert store.path_for(KEY) == tmp_path / "objects" / "vault" / KEY
     assert (info.size, info.sha256, info.etag) == (9, None, None)
+
+
+# -- self-describing objects, PUTs that never replace, absolute addressing ----------------------
+
+
+async def test_metadata_round_trips_through_head(store_backend: Backend, tmp_path: Path) -> None:
+    from tr_vault import objectmeta
+
+    store = store_backend.make()
+    audio = make_audio(tmp_path)
+    meta = {"call-id": "42", "talkgroup-label": objectmeta.encode("Zürich 🚒 Nord")}
+    with trio.fail_after(TIMEOUT):
+        await store.put_file(
+            KEY, audio.path, size=audio.size, md5_hex=audio.md5, sha256_hex=audio.sha256,
+            content_type=CONTENT_TYPE, metadata=meta, if_absent=True,
+        )  # fmt: skip
+        info = await store.head(KEY)
+    assert info.metadata == {**meta, "sha256": audio.sha256}
+    assert objectmeta.decode(info.metadata["talkgroup-label"]) == "Zürich 🚒 Nord"
+
+
+@pytest.mark.parametrize("conditional", [True, False])
+async def test_a_put_if_absent_never_replaces(
+    store_backend: Backend, tmp_path: Path, conditional: bool
+) -> None:
+    """412 on `If-None-Match: *` (moto and SeaweedFS honour it), or a HEAD before the PUT."""
+    from tr_vault.errors import ObjectExists
+
+    if not store_backend.is_s3 and not conditional:
+        pytest.skip("the file store has no such setting")
+    extra: dict[str, Any] = {"conditional_put": conditional} if store_backend.is_s3 else {}
+    store = store_backend.make(**extra)
+    first, second = make_audio(tmp_path, seed=1, name="1"), make_audio(tmp_path, seed=2, name="2")
+
+    async def put_if_absent(audio: Audio) -> None:
+        await store.put_file(
+            KEY, audio.path, size=audio.size, md5_hex=audio.md5, sha256_hex=audio.sha256,
+            content_type=CONTENT_TYPE, metadata={}, if_absent=True,
+        )  # fmt: skip
+
+    with trio.fail_after(TIMEOUT):
+        await put_if_absent(first)
+        with pytest.raises(ObjectExists):
+            await put_if_absent(second)
+        assert (await store.head(KEY)).sha256 == first.sha256
+    assert store_backend.raw_read(KEY) == first.data
+
+
+async def test_an_object_ref_addresses_the_full_key_whatever_the_prefix(
+    store_backend: Backend, tmp_path: Path
+) -> None:
+    from tr_vault.storage.base import ObjectRef
+
+    old = store_backend.make(prefix="old")
+    new = store_backend.make(prefix="new")
+    audio = make_audio(tmp_path)
+    ref = old.locate(KEY)
+    assert ref.key == f"old/{KEY}"
+    with trio.fail_after(TIMEOUT):
+        await put(old, KEY, audio)
+        info = await new.head(ref)
+        assert (info.size, info.sha256) == (audio.size, audio.sha256)
+        assert await new.get(ObjectRef(ref.bucket, ref.key)) == audio.data
+        with pytest.raises(ObjectNotFound):
+            await new.head(KEY)  # the relative key is under the new prefix
+    if store_backend.is_s3:
+        assert f"/old/{KEY}" in new.presign_get(ref, expires_in=60)

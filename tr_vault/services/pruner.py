@@ -22,7 +22,7 @@ from tr_vault.errors import ObjectNotFound, StorageError
 from tr_vault.journal import Journal, PruneCandidate
 from tr_vault.metrics import Metrics
 from tr_vault.services.store_health import StoreHealth
-from tr_vault.storage.base import ObjectStore, audio_object_key
+from tr_vault.storage.base import ObjectStore, call_object
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class Pruner:
     ) -> Decision:
         report.heads += 1
         try:
-            info = await self.store.head(audio_object_key(c.key))
+            info = await self.store.head(call_object(c.key, c.bucket, c.object_key))
         except ObjectNotFound:
             # Our own HEAD verified this object at upload: a 404 now is a lost object, once
             # a probe shows the bucket is there (one probe per pass, whatever the 404s).

@@ -15,11 +15,13 @@ call ends a worker. Intake only wakes the workers; a lost wake-up costs at most 
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 
 import trio
 
@@ -29,14 +31,24 @@ from tr_vault.call import UploadJob
 from tr_vault.errors import (
     CallStorageError,
     JournalError,
+    ObjectExists,
     ObjectNotFound,
+    StoragePermanent,
     StorageUnavailable,
     VerificationError,
 )
 from tr_vault.journal import Journal
 from tr_vault.metrics import Metrics
+from tr_vault.objectmeta import START_TIME as META_START_TIME
+from tr_vault.objectmeta import TALKGROUP, call_metadata, host_site
 from tr_vault.services.store_health import StoreHealth
-from tr_vault.storage.base import ObjectInfo, ObjectStore, audio_object_key
+from tr_vault.storage.base import (
+    ObjectInfo,
+    ObjectRef,
+    ObjectStore,
+    PutResult,
+    audio_object_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +68,8 @@ class UploadPolicy:
     failed_retry_interval: float = 21600.0
     verify_etag: bool = True
     evict_after_upload: bool = False  # S3-only mode: the cache copy goes once verified
+    site: str = field(default_factory=host_site)  # the object metadata's `site`
+    site_in_key: bool = False  # TR_VAULT_SITE set: keys are audio/{site}/{system}/{date}/{file}
 
     @property
     def lease(self) -> float:
@@ -88,6 +102,43 @@ def verify(job: UploadJob, info: ObjectInfo, *, check_etag: bool) -> None:
             f"verify {job.key}: ETag {etag} is not the MD5 {job.md5} of what was sent"
             " (bytes changed in transit)"
         )
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    """A verified upload: where the object is, and what happened on the way."""
+
+    etag: str | None
+    ref: ObjectRef
+    notes: tuple[tuple[str, str], ...] = ()  # events for the journal (kind, detail)
+
+
+def object_candidates(base: ObjectRef, job: UploadJob) -> list[ObjectRef]:
+    """`base`, then names made unique by the call's identity, as intake names cache files:
+    `{stem}-{sha12}{ext}`, `{stem}-{sha12}-tg{talkgroup}-{HHMMSS}{ext}`, numbered last."""
+    folder, _, name = base.key.rpartition("/")
+    pure = PurePosixPath(name)
+    stem, ext = pure.stem, pure.suffix
+    tag = job.sha256[:12]
+    stem = stem.removesuffix(f"-{tag}")
+    second = job.start_time[11:19].replace(":", "")
+    names = [name, f"{stem}-{tag}{ext}", f"{stem}-{tag}-tg{job.talkgroup}-{second}{ext}"]
+    names += [f"{stem}-{tag}-{n}{ext}" for n in range(2, 6)]
+    unique = list(dict.fromkeys(names))
+    return [ObjectRef(base.bucket, f"{folder}/{n}" if folder else n) for n in unique]
+
+
+def is_same_call(job: UploadJob, info: ObjectInfo) -> bool:
+    """The object at our key holds this call: our SHA-256 and, where the object records
+    them, our talkgroup and start time (equal bytes on another talkgroup or second are
+    another call, invariant 8). An object without them predates self-describing objects."""
+    if info.sha256 != job.sha256:
+        return False
+    talkgroup = info.metadata.get(TALKGROUP)
+    start = info.metadata.get(META_START_TIME)
+    if talkgroup is not None and talkgroup != str(job.talkgroup):
+        return False
+    return start is None or start[:19] == job.start_time[:19].replace(" ", "T")
 
 
 async def first_of(*waits: Callable[[], Awaitable[object]]) -> None:
@@ -197,7 +248,7 @@ class Uploader:
     async def _attempt(self, job: UploadJob, worker: str) -> bool:
         started = trio.current_time()
         try:
-            etag = await self._upload(job)
+            uploaded = await self._upload(job)
         except StorageUnavailable as exc:
             self._count("error")
             if not await self.health.confirm():
@@ -226,12 +277,26 @@ class Uploader:
             if self.metrics:
                 self.metrics.upload_seconds.observe(trio.current_time() - started)
             evict = self.policy.evict_after_upload
-            if not await self.journal.upload_done(job.id, worker, etag, evict=evict):
+            if not await self.journal.upload_done(
+                job.id,
+                worker,
+                uploaded.etag,
+                evict=evict,
+                bucket=uploaded.ref.bucket,
+                object_key=uploaded.ref.key,
+                notes=uploaded.notes,
+            ):
                 log.warning("upload of call_id=%d finished after its claim expired", job.id)
                 return False
             if evict:  # after the journal says so: a crash in between leaves a stray file
                 await self.cache.remove(job.key)
-            log.info("uploaded call_id=%d key=%s etag=%s", job.id, job.key, etag)
+            log.info(
+                "uploaded call_id=%d key=%s object=%s etag=%s",
+                job.id,
+                job.key,
+                uploaded.ref.key,
+                uploaded.etag,
+            )
             return True
         return False
 
@@ -239,33 +304,110 @@ class Uploader:
         if self.metrics:
             self.metrics.upload_attempts.labels(result=result).inc()
 
-    async def _upload(self, job: UploadJob) -> str | None:
-        key = audio_object_key(job.key)
+    def _base_ref(self, job: UploadJob) -> ObjectRef:
+        """Where the object goes: where a verified upload put it before (a re-upload after
+        `missing_in_s3`), else under today's prefix and layout."""
+        if job.object_key:
+            return ObjectRef(job.bucket or "", job.object_key)
+        site = self.policy.site if self.policy.site_in_key else None
+        return self.store.locate(audio_object_key(job.key, site))
+
+    def _metadata(self, job: UploadJob) -> dict[str, str]:
+        return call_metadata(
+            call_id=job.id,
+            site=self.policy.site,
+            protocol=job.protocol,
+            system=job.system,
+            system_label=job.system_label,
+            talkgroup=job.talkgroup,
+            talkgroup_label=job.talkgroup_label,
+            start_time=job.start_time,
+            duration=job.duration,
+            audio_name=job.audio_name,
+        )
+
+    async def _upload(self, job: UploadJob) -> Uploaded:
         try:
             with trio.fail_after(self.policy.timeout):
-                put = await self.store.put_file(
-                    key,
-                    self.cache.path(job.key),
-                    size=job.size,
-                    md5_hex=job.md5,
-                    sha256_hex=job.sha256,
-                    # rows of older versions may hold a client's raw declaration
-                    content_type=stored_type(job.content_type, job.key),
-                )
-                try:
-                    info = await self.store.head(key)
-                except ObjectNotFound:
-                    # Not every store is read-after-write consistent: "unknown", not "lost".
-                    raise VerificationError(
-                        f"verify {job.key}: not visible yet after a successful PUT"
-                    ) from None
+                return await self._put_somewhere(job)
         except trio.TooSlowError:
             raise StorageUnavailable(
                 f"upload {job.key}: no answer within {self.policy.timeout:g} s"
                 " (TR_VAULT_UPLOAD_TIMEOUT)"
             ) from None
-        verify(job, info, check_etag=self.policy.verify_etag)
-        return info.etag or put.etag
+
+    async def _put_somewhere(self, job: UploadJob) -> Uploaded:
+        """PUT without ever replacing an object: at the first key that is free, or that
+        already holds this call (an earlier attempt landed although its answer was lost)."""
+        notes: list[tuple[str, str]] = []
+        for ref in object_candidates(self._base_ref(job), job):
+            try:
+                put = await self._put(job, ref, if_absent=True)
+            except ObjectExists:
+                info = await self._head(job, ref, "after 412")
+                if is_same_call(job, info):
+                    try:
+                        verify(job, info, check_etag=self.policy.verify_etag)
+                    except VerificationError as exc:
+                        # Our own earlier write, damaged on the way (a store that does not
+                        # check Content-MD5 kept it): the one object that may be replaced.
+                        damage = {"object_key": ref.key, "error": str(exc)}
+                        notes.append(("damaged_object", json.dumps(damage)))
+                        put = await self._put(job, ref, if_absent=False)
+                    else:
+                        return Uploaded(info.etag, ref, tuple(notes))
+                    info = await self._head(job, ref, "after replacing a damaged object")
+                    verify(job, info, check_etag=self.policy.verify_etag)
+                    return Uploaded(info.etag or put.etag, ref, tuple(notes))
+                notes.append(("key_collision", self._collision(job, ref, info)))
+                log.warning(
+                    "key collision call_id=%d: %s holds another call (sha256 %s); next name",
+                    job.id,
+                    ref.key,
+                    info.sha256 or "missing",
+                )
+                continue
+            info = await self._head(job, ref, "after a successful PUT")
+            verify(job, info, check_etag=self.policy.verify_etag)
+            return Uploaded(info.etag or put.etag, ref, tuple(notes))
+        raise StoragePermanent(
+            f"upload {job.key}: every object key for this call holds another call's bytes"
+        )
+
+    async def _put(self, job: UploadJob, ref: ObjectRef, *, if_absent: bool) -> PutResult:
+        return await self.store.put_file(
+            ref,
+            self.cache.path(job.key),
+            size=job.size,
+            md5_hex=job.md5,
+            sha256_hex=job.sha256,
+            # rows of older versions may hold a client's raw declaration
+            content_type=stored_type(job.content_type, job.key),
+            metadata=self._metadata(job),
+            if_absent=if_absent,
+        )
+
+    async def _head(self, job: UploadJob, ref: ObjectRef, when: str) -> ObjectInfo:
+        try:
+            return await self.store.head(ref)
+        except ObjectNotFound:
+            # Not every store is read-after-write consistent: "unknown", not "lost".
+            raise VerificationError(f"verify {job.key}: {ref.key} not visible yet {when}") from None
+
+    @staticmethod
+    def _collision(job: UploadJob, ref: ObjectRef, info: ObjectInfo) -> str:
+        found = {k: v for k, v in info.metadata.items() if k in ("call-id", "site")}
+        return json.dumps(
+            {
+                "object_key": ref.key,
+                "bucket": ref.bucket,
+                "found_sha256": info.sha256,
+                "found_size": info.size,
+                "found": found,
+                "sha256": job.sha256,
+                "note": "the key holds another call's bytes: this call takes the next name",
+            }
+        )
 
     async def _failed(
         self, job: UploadJob, worker: str, error: str, *, permanent: bool = False

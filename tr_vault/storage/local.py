@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -21,13 +21,14 @@ import trio
 from tr_vault.durable import fsync_path
 from tr_vault.errors import (
     ConfigError,
+    ObjectExists,
     ObjectNotFound,
     StorageError,
     StoragePermanent,
     StorageUnavailable,
     VerificationError,
 )
-from tr_vault.storage.base import ObjectInfo, ObjectStore, PutResult
+from tr_vault.storage.base import Key, ObjectInfo, ObjectRef, ObjectStore, PutResult
 
 SIDECAR_SUFFIX = ".tr-vault.json"
 TEMP_PREFIX = ".tr-vault-tmp-"
@@ -36,15 +37,23 @@ CHUNK_SIZE = 1024 * 1024
 T = TypeVar("T")
 
 
-def _write_atomic(target: Path, write: Callable[[Any], None]) -> None:
-    """Write through `write(file)` into a temp file beside `target`, fsync, rename over it."""
+def _write_atomic(target: Path, write: Callable[[Any], None], *, exclusive: bool = False) -> None:
+    """Write through `write(file)` into a temp file beside `target`, fsync, rename over it.
+
+    With `exclusive`, the temp file is hard-linked to `target` instead, which fails with
+    `FileExistsError` when `target` exists: nothing is ever replaced.
+    """
     temp = target.with_name(f"{TEMP_PREFIX}{secrets.token_hex(6)}-{target.name}")
     try:
         with open(temp, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        temp.replace(target)
+        if exclusive:
+            os.link(temp, target)
+            temp.unlink()
+        else:
+            temp.replace(target)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
@@ -69,8 +78,18 @@ class FileStore:
     def __repr__(self) -> str:
         return f"FileStore(root={str(self.root)!r}, prefix={self.prefix!r})"
 
-    def object_key(self, key: str) -> str:
-        """The full key under the root: `prefix/key`, or `key` without a prefix."""
+    def locate(self, key: str) -> ObjectRef:
+        """The full key under the root (a directory has no bucket name: it stays empty)."""
+        return ObjectRef("", self.object_key(key))
+
+    def object_key(self, key: Key) -> str:
+        """The full key under the root: `prefix/key`, or `key` without a prefix; an
+        `ObjectRef`'s key as it is (its bucket must be empty: one directory, one bucket)."""
+        full = isinstance(key, ObjectRef)
+        if isinstance(key, ObjectRef):
+            if key.bucket:
+                raise StoragePermanent(f"{key.bucket}/{key.key}: a file store has no buckets")
+            key = key.key
         parts = key.split("/")
         if (
             not key
@@ -78,9 +97,11 @@ class FileStore:
             or key.endswith(SIDECAR_SUFFIX)
         ):
             raise StoragePermanent(f"invalid object key {key!r}")
+        if full:
+            return key
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def path_for(self, key: str) -> Path:
+    def path_for(self, key: Key) -> Path:
         """Where the object's bytes live (for tests and operators)."""
         return self.root.joinpath(*PurePosixPath(self.object_key(key)).parts)
 
@@ -116,17 +137,25 @@ class FileStore:
 
     async def put_file(
         self,
-        key: str,
+        key: Key,
         path: Path,
         *,
         size: int,
         md5_hex: str,
         sha256_hex: str,
         content_type: str,
+        metadata: Mapping[str, str] | None = None,
+        if_absent: bool = False,
     ) -> PutResult:
-        """Copy the file in atomically, refusing bytes that do not match size and digests."""
-        what = f"put {key}"
+        """Copy the file in atomically, refusing bytes that do not match size and digests.
+
+        `metadata` goes into the sidecar; with `if_absent` an existing object is never
+        replaced (`ObjectExists`).
+        """
+        what = f"put {self.object_key(key)}"
         target = self.path_for(key)
+        user_meta = {name.lower(): value for name, value in (metadata or {}).items()}
+        user_meta["sha256"] = sha256_hex.lower()
 
         def put_sync() -> str:
             md5, sha256 = hashlib.md5(), hashlib.sha256()
@@ -153,12 +182,18 @@ class FileStore:
                     )
 
             target.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomic(target, copy)
+            try:
+                _write_atomic(target, copy, exclusive=if_absent)
+            except FileExistsError:
+                raise ObjectExists(
+                    f"{what}: an object is already at this key", code="PreconditionFailed"
+                ) from None
             meta = {
                 "size": size,
                 "md5": md5.hexdigest(),
                 "sha256": sha256.hexdigest(),
                 "content_type": content_type,
+                "metadata": user_meta,
             }
             _write_atomic(self._sidecar(target), lambda f: f.write(json.dumps(meta).encode()))
             fsync_path(target.parent)
@@ -170,7 +205,7 @@ class FileStore:
             raise FileNotFoundError(f"{what}: cannot read {path}") from exc
         return PutResult(etag=etag)
 
-    async def head(self, key: str) -> ObjectInfo:
+    async def head(self, key: Key) -> ObjectInfo:
         """Size from the file itself; ETag, SHA-256 and type from the sidecar when it agrees."""
         target = self.path_for(key)
 
@@ -182,20 +217,22 @@ class FileStore:
                 meta = {}
             if not isinstance(meta, dict) or meta.get("size") != size:
                 meta = {}  # a stale or torn sidecar proves nothing about these bytes
+            user_meta = meta.get("metadata")
             return ObjectInfo(
-                key=key,
+                key=key if isinstance(key, str) else key.key,
                 size=size,
                 etag=meta.get("md5"),
                 sha256=meta.get("sha256"),
                 content_type=meta.get("content_type"),
+                metadata=dict(user_meta) if isinstance(user_meta, dict) else {},
             )
 
-        return await self._run(f"head {key}", head_sync)
+        return await self._run(f"head {self.object_key(key)}", head_sync)
 
-    async def get(self, key: str) -> bytes:
-        return await self._run(f"get {key}", self.path_for(key).read_bytes)
+    async def get(self, key: Key) -> bytes:
+        return await self._run(f"get {self.object_key(key)}", self.path_for(key).read_bytes)
 
-    async def delete(self, key: str) -> None:
+    async def delete(self, key: Key) -> None:
         target = self.path_for(key)
 
         def delete_sync() -> None:
@@ -204,11 +241,11 @@ class FileStore:
             if target.parent.exists():
                 fsync_path(target.parent)
 
-        await self._run(f"delete {key}", delete_sync)
+        await self._run(f"delete {self.object_key(key)}", delete_sync)
 
     def presign_get(
         self,
-        key: str,
+        key: Key,
         *,
         expires_in: float,
         content_type: str | None = None,

@@ -29,13 +29,14 @@ from botocore.exceptions import (
 
 from tr_vault.errors import (
     ConfigError,
+    ObjectExists,
     ObjectNotFound,
     StorageError,
     StoragePermanent,
     StorageUnavailable,
     VerificationError,
 )
-from tr_vault.storage.base import ObjectInfo, ObjectStore, PutResult
+from tr_vault.storage.base import Key, ObjectInfo, ObjectRef, ObjectStore, PutResult
 
 if TYPE_CHECKING:
     from tr_vault.config import Settings
@@ -44,7 +45,26 @@ CHUNK_SIZE = 512 * 1024  # bytes read from the file per thread hop while streami
 CHECK_TIMEOUT = 5.0  # HeadBucket at start-up: an unreachable store must not stall it
 _CHECK_LIMITS = httpx.Timeout(CHECK_TIMEOUT)
 MAX_PRESIGN_EXPIRY = 7 * 24 * 3600  # SigV4's limit for X-Amz-Expires
-META_SHA256 = "x-amz-meta-sha256"
+META_PREFIX = "x-amz-meta-"
+META_SHA256 = f"{META_PREFIX}sha256"
+# Storage classes a GET reads at once (a presigned URL plays); GLACIER and DEEP_ARCHIVE need a
+# restore first, so they are refused at configuration time.
+PLAYABLE_STORAGE_CLASSES = frozenset(
+    {
+        "STANDARD",
+        "STANDARD_IA",
+        "ONEZONE_IA",
+        "INTELLIGENT_TIERING",
+        "GLACIER_IR",
+        "REDUCED_REDUNDANCY",
+        "EXPRESS_ONEZONE",
+    }
+)
+UNPLAYABLE_STORAGE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+SSE_MODES = frozenset({"AES256", "aws:kms"})
+# Endpoints (host suffixes) known to honour `If-None-Match: *` on PUT; `auto` uses a HEAD
+# before the PUT on every other endpoint (README "Providers").
+CONDITIONAL_PUT_HOSTS = (".amazonaws.com", ".r2.cloudflarestorage.com")
 
 # Error codes about the store, whatever the call: the same request would fail for any call.
 # 401, 403, 3xx, 429 and 5xx answers are about the store whatever their code.
@@ -168,6 +188,49 @@ def _unquote_etag(value: str | None) -> str | None:
     return value.strip().removeprefix("W/").strip('"') or None
 
 
+def endpoint_has_conditional_put(endpoint: str) -> bool:
+    """Whether `S3_CONDITIONAL_PUT=auto` trusts `If-None-Match: *` on this endpoint: AWS
+    (no endpoint, or an amazonaws.com one) and Cloudflare R2 do; others are unknown."""
+    if not endpoint:
+        return True
+    host = (httpx.URL(endpoint).host or "").lower()
+    return any(host.endswith(suffix) for suffix in CONDITIONAL_PUT_HOSTS)
+
+
+def check_storage_class(value: str) -> str:
+    """`S3_STORAGE_CLASS` upper-cased; a class a GET cannot read at once is refused."""
+    name = value.strip().upper()
+    if not name:
+        return ""
+    if name in UNPLAYABLE_STORAGE_CLASSES:
+        raise ConfigError(
+            f"S3_STORAGE_CLASS: {name} objects must be restored before they can be read, so "
+            "calls would not play; use STANDARD_IA, ONEZONE_IA, INTELLIGENT_TIERING or "
+            "GLACIER_IR"
+        )
+    if name not in PLAYABLE_STORAGE_CLASSES:
+        raise ConfigError(
+            f"S3_STORAGE_CLASS: unknown class {value!r}; use one of "
+            + ", ".join(sorted(PLAYABLE_STORAGE_CLASSES))
+        )
+    return name
+
+
+def check_sse(sse: str, kms_key_id: str) -> tuple[str, str]:
+    """`S3_SSE` (`AES256`, `aws:kms` or empty) and `S3_SSE_KMS_KEY_ID` (only with aws:kms)."""
+    mode = sse.strip()
+    if mode.lower() in ("aes256", "aws:kms"):
+        mode = "AES256" if mode.lower() == "aes256" else "aws:kms"
+    if mode and mode not in SSE_MODES:
+        raise ConfigError(f"S3_SSE: {sse!r} is not AES256 or aws:kms")
+    key_id = kms_key_id.strip()
+    if key_id and mode != "aws:kms":
+        raise ConfigError("S3_SSE_KMS_KEY_ID is set, but S3_SSE is not aws:kms")
+    if not key_id.isascii():
+        raise ConfigError("S3_SSE_KMS_KEY_ID: not an ASCII key id or ARN")
+    return mode, key_id
+
+
 class S3Store:
     """An S3 bucket (AWS, or any S3-compatible store via `endpoint`) under a key prefix.
 
@@ -189,6 +252,10 @@ class S3Store:
         checksum_sha256: bool = False,
         transport: httpx.AsyncBaseTransport | None = None,
         presign_endpoint: str = "",
+        conditional_put: bool | None = None,
+        storage_class: str = "",
+        sse: str = "",
+        sse_kms_key_id: str = "",
     ) -> None:
         if not bucket:
             raise ConfigError("S3_BUCKET: a bucket name is required for S3 storage")
@@ -206,6 +273,14 @@ class S3Store:
             raise ConfigError(f"S3_PREFIX: {prefix!r} has an empty, '.' or '..' segment")
         self.timeout = timeout
         self.checksum_sha256 = checksum_sha256
+        # None: decide by the endpoint (AWS and R2 honour the condition; others get a HEAD).
+        self.conditional_put = (
+            conditional_put
+            if conditional_put is not None
+            else endpoint_has_conditional_put(self.endpoint)
+        )
+        self.storage_class = check_storage_class(storage_class)
+        self.sse, self.sse_kms_key_id = check_sse(sse, sse_kms_key_id)
         self._static: ReadOnlyCredentials | None = None
         self._chain: Credentials | None = None
         self._frozen: ReadOnlyCredentials | None = None
@@ -232,6 +307,10 @@ class S3Store:
             timeout=settings.upload_timeout,
             checksum_sha256=settings.s3_checksum_sha256,
             presign_endpoint=settings.s3_presign_endpoint,
+            conditional_put=settings.conditional_put,
+            storage_class=settings.s3_storage_class,
+            sse=settings.s3_sse,
+            sse_kms_key_id=settings.s3_sse_kms_key_id,
         )
 
     def __repr__(self) -> str:
@@ -240,21 +319,37 @@ class S3Store:
 
     # -- addressing ---------------------------------------------------------------------------
 
-    def object_key(self, key: str) -> str:
-        """The full object key in the bucket: `prefix/key`, or `key` without a prefix."""
+    def object_key(self, key: Key) -> str:
+        """The full object key in the bucket: `prefix/key`, or `key` without a prefix; an
+        `ObjectRef`'s key as it is."""
+        if isinstance(key, ObjectRef):
+            _check_key(key.key)
+            return key.key
         _check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def _bucket_url(self, endpoint: str) -> str:
-        """URL of the bucket itself (trailing `/` for virtual-hosted, none for path-style)."""
-        if endpoint:
-            return f"{endpoint}/{_quote_path(self.bucket)}"
-        if "." in self.bucket:  # dotted names break virtual-hosted TLS: use path-style
-            return f"https://s3.{self.region}.amazonaws.com/{_quote_path(self.bucket)}"
-        return f"https://{self.bucket}.s3.{self.region}.amazonaws.com/"
+    def locate(self, key: str) -> ObjectRef:
+        """Bucket and full key of `key` today (what a verified call's row records)."""
+        return ObjectRef(self.bucket, self.object_key(key))
 
-    def _object_url(self, key: str, endpoint: str | None = None) -> str:
-        base = self._bucket_url(self.endpoint if endpoint is None else endpoint)
+    def _bucket_of(self, key: Key) -> str:
+        if isinstance(key, ObjectRef) and key.bucket:
+            return key.bucket
+        return self.bucket
+
+    def _bucket_url(self, endpoint: str, bucket: str | None = None) -> str:
+        """URL of the bucket itself (trailing `/` for virtual-hosted, none for path-style)."""
+        bucket = bucket or self.bucket
+        if endpoint:
+            return f"{endpoint}/{_quote_path(bucket)}"
+        if "." in bucket:  # dotted names break virtual-hosted TLS: use path-style
+            return f"https://s3.{self.region}.amazonaws.com/{_quote_path(bucket)}"
+        return f"https://{bucket}.s3.{self.region}.amazonaws.com/"
+
+    def _object_url(self, key: Key, endpoint: str | None = None) -> str:
+        base = self._bucket_url(
+            self.endpoint if endpoint is None else endpoint, self._bucket_of(key)
+        )
         path = _quote_path(self.object_key(key))
         return f"{base}{path}" if base.endswith("/") else f"{base}/{path}"
 
@@ -334,7 +429,7 @@ class S3Store:
         except httpx.InvalidURL as exc:
             raise StorageUnavailable(f"{what}: invalid URL ({exc}); check S3_ENDPOINT") from exc
 
-    def _error(self, what: str, response: httpx.Response, *, key: str | None) -> StorageError:
+    def _error(self, what: str, response: httpx.Response, *, key: Key | None) -> StorageError:
         """The `StorageError` an unsuccessful response means: about the store, about this
         call, or (404 on a key) `ObjectNotFound`."""
         status = response.status_code
@@ -437,32 +532,63 @@ class S3Store:
 
     async def put_file(
         self,
-        key: str,
+        key: Key,
         path: Path,
         *,
         size: int,
         md5_hex: str,
         sha256_hex: str,
         content_type: str,
+        metadata: Mapping[str, str] | None = None,
+        if_absent: bool = False,
     ) -> PutResult:
         """Stream the file with Content-Length, Content-MD5 and our SHA-256 (signed payload).
 
         The store checks Content-MD5 (and `x-amz-checksum-sha256` when enabled) and refuses
         corrupted bytes with BadDigest, raised as `StorageUnavailable`: sending again helps.
-        An unreadable local file raises `OSError`.
+        An unreadable local file raises `OSError`. `metadata` goes as `x-amz-meta-{name}`
+        headers (ASCII only). Every PUT carries the SSE settings (a bucket policy may demand
+        them, and the probe proves the KMS key may be used); a call object's PUT (one with
+        `metadata`) also carries the storage class (the probe object, rewritten often, stays
+        STANDARD, as IA and Glacier IR bill a minimum duration per object). `if_absent` sends
+        `If-None-Match: *`, or HEADs first where the store does not honour it
+        (`conditional_put` False): an object at the key raises `ObjectExists`.
         """
-        what = f"put {key}"
+        what = f"put {self.object_key(key)}"
         url = self._object_url(key)
         digest_sha256 = bytes.fromhex(sha256_hex)
         headers = {
             "Content-Length": str(size),
             "Content-MD5": base64.b64encode(bytes.fromhex(md5_hex)).decode("ascii"),
             "Content-Type": content_type or "application/octet-stream",
-            META_SHA256: sha256_hex.lower(),
         }
+        for name, value in (metadata or {}).items():
+            if not (name.isascii() and value.isascii()) or not name or "\n" in value:
+                raise StoragePermanent(f"{what}: metadata {name!r} is not a plain ASCII item")
+            headers[f"{META_PREFIX}{name.lower()}"] = value
+        headers[META_SHA256] = sha256_hex.lower()
         if self.checksum_sha256:
             headers["x-amz-checksum-sha256"] = base64.b64encode(digest_sha256).decode("ascii")
-        body = self._file_chunks(path, size, key)
+        if self.sse:
+            headers["x-amz-server-side-encryption"] = self.sse
+            if self.sse_kms_key_id:
+                headers["x-amz-server-side-encryption-aws-kms-key-id"] = self.sse_kms_key_id
+        if metadata is not None and self.storage_class:
+            headers["x-amz-storage-class"] = self.storage_class
+        if if_absent:
+            if self.conditional_put:
+                headers["If-None-Match"] = "*"
+            else:
+                try:
+                    await self.head(key)
+                except ObjectNotFound:
+                    pass
+                else:
+                    raise ObjectExists(
+                        f"{what}: an object is already at this key (HEAD before PUT)",
+                        code="PreconditionFailed",
+                    )
+        body = self._file_chunks(path, size, self.object_key(key))
         try:
             response = await self._request(
                 "PUT",
@@ -477,13 +603,29 @@ class S3Store:
         finally:
             # httpx stops reading the body when the store answers early: close the file now.
             await body.aclose()
+        if if_absent and response.status_code == 412:
+            raise ObjectExists(
+                f"{what}: an object is already at this key (HTTP 412 on If-None-Match: *)",
+                code="PreconditionFailed",
+                status=412,
+            )
+        if if_absent and response.status_code == 409:
+            # AWS: another conditional write to the key is in flight. About this call; the
+            # next attempt sees the winner's object (412) or none.
+            code, message = _parse_error(response.content)
+            raise VerificationError(
+                f"{what}: HTTP 409 {code or 'Conflict'}: {message or 'concurrent write'}",
+                code=code,
+                status=409,
+            )
         if not response.is_success:
             raise self._error(what, response, key=None)
         return PutResult(etag=_unquote_etag(response.headers.get("etag")))
 
-    async def head(self, key: str) -> ObjectInfo:
-        """HEAD the object: size, ETag, our SHA-256 metadata and the content type."""
-        what = f"head {key}"
+    async def head(self, key: Key) -> ObjectInfo:
+        """HEAD the object: size, ETag, our SHA-256 metadata, the content type and every
+        `x-amz-meta-*` item (`metadata`, names without the prefix)."""
+        what = f"head {self.object_key(key)}"
         response = await self._request("HEAD", self._object_url(key), what=what)
         if not response.is_success:
             raise self._error(what, response, key=key)
@@ -491,25 +633,31 @@ class S3Store:
             size = int(response.headers["content-length"])
         except (KeyError, ValueError):
             raise StorageUnavailable(f"{what}: answer without a valid Content-Length") from None
+        metadata = {
+            name.lower()[len(META_PREFIX) :]: value
+            for name, value in response.headers.items()
+            if name.lower().startswith(META_PREFIX)
+        }
         return ObjectInfo(
-            key=key,
+            key=key if isinstance(key, str) else key.key,
             size=size,
             etag=_unquote_etag(response.headers.get("etag")),
             sha256=response.headers.get(META_SHA256),
             content_type=response.headers.get("content-type"),
+            metadata=metadata,
         )
 
-    async def get(self, key: str) -> bytes:
+    async def get(self, key: Key) -> bytes:
         """The whole object in memory: for verification and small reads only."""
-        what = f"get {key}"
+        what = f"get {self.object_key(key)}"
         response = await self._request("GET", self._object_url(key), what=what)
         if not response.is_success:
             raise self._error(what, response, key=key)
         return response.content
 
-    async def delete(self, key: str) -> None:
+    async def delete(self, key: Key) -> None:
         """DELETE the object; a missing key is fine, a missing bucket is not."""
-        what = f"delete {key}"
+        what = f"delete {self.object_key(key)}"
         response = await self._request("DELETE", self._object_url(key), what=what)
         if response.is_success:
             return
@@ -520,7 +668,7 @@ class S3Store:
 
     def presign_get(
         self,
-        key: str,
+        key: Key,
         *,
         expires_in: float,
         content_type: str | None = None,

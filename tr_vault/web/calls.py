@@ -28,7 +28,7 @@ from tr_vault.auth import EVERY_SYSTEM, Scope
 from tr_vault.call import CallRow
 from tr_vault.intake import fields as f
 from tr_vault.journal import CallFilter
-from tr_vault.storage.base import audio_object_key
+from tr_vault.storage.base import call_object
 from tr_vault.timefmt import from_db
 from tr_vault.web.context import WebContext
 
@@ -237,7 +237,7 @@ def calls_blueprint(ctx: WebContext) -> Blueprint:
             return response
         if row.state == "done" and ctx.store is not None:
             url = ctx.store.presign_get(
-                audio_object_key(row.key),
+                call_object(row.key, row.bucket, row.object_key),
                 expires_in=settings.s3_presign_expiry,
                 content_type=content_type,
                 filename=name,
