@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import trio
 from werkzeug.datastructures import Headers
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.http import parse_options_header
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
@@ -126,6 +127,11 @@ async def read_form(
     except ValueError as exc:  # werkzeug's parse errors
         form.discard()
         raise IntakeError(400, f"Malformed multipart body: {exc}\n") from None
+    except RequestEntityTooLarge:  # the decoder's part count
+        form.discard()
+        raise IntakeError(
+            413, f"Malformed multipart body: more than {MAX_PARTS} parts\n", close=True
+        ) from None
     except OSError as exc:
         form.discard()
         raise IntakeError(
