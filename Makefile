@@ -31,7 +31,8 @@ test: dev
 # The faulthandler dump at 120 s (pyproject) would fire in every long run: it is moved out of the way.
 SOAK_ROUNDS ?= 50
 soak: dev
-	TR_VAULT_SOAK_ROUNDS=$(SOAK_ROUNDS) $(BIN)/pytest -m soak -s -o faulthandler_timeout=1800
+	TR_VAULT_SOAK_ROUNDS=$(SOAK_ROUNDS) TR_VAULT_FUZZ_PROFILE=soak \
+		$(BIN)/pytest -m soak -s -o faulthandler_timeout=1800
 
 check: dev
 	$(BIN)/ruff check tr_vault tests bench

@@ -234,10 +234,12 @@ def epoch_number(value: str | None) -> float | None:
 
 
 def label(value: str | None) -> str | None:
-    """A display label; rdio clients send '-' or '' for none."""
+    """A display label; rdio clients send '-' or '' for none. A lone surrogate (JSON `meta` may
+    escape one: "\\ud800") cannot be stored as SQLite text: it becomes U+FFFD, as bad UTF-8 in a
+    form field does (the raw value stays in the metadata)."""
     if value is None or value.strip() in ("", "-"):
         return None
-    return value.strip()
+    return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in value.strip())
 
 
 def strict_json(text: str) -> Any:
