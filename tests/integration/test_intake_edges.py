@@ -467,3 +467,15 @@ async def test_call_queries_past_year_9999_are_a_400_not_a_crash(vault: Vault) -
         response = await vault.client.get(vault.url + "/api/calls", params={"since": value})
         assert response.status_code == 400
         assert "since" in response.json()["error"]
+
+
+async def test_a_lone_surrogate_in_a_meta_label_is_stored_not_a_500(vault: Vault) -> None:
+    # Found by the fuzzer: JSON may escape a lone surrogate ("\ud800"), which SQLite cannot
+    # store as text; the insert failed and the client got a 500.
+    response = await vault.post(
+        "/api/trunk-recorder-call-upload", meta_upload(talkgroup_tag='"FD \\ud800 Dispatch"')
+    )
+    assert (response.status_code, response.text) == (200, "Call imported successfully.\n")
+    [call] = vault.calls()
+    assert call["talkgroup_label"] == "FD \ufffd Dispatch"
+    assert vault.incoming() == []
