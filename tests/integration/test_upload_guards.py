@@ -226,3 +226,18 @@ async def test_a_body_of_too_many_parts_is_refused_not_a_500(vault: Vault) -> No
     assert response.status_code == 413
     assert "more than 200 parts" in response.text
     assert vault.calls() == [] and vault.incoming() == []
+
+
+async def test_a_boundary_that_is_not_ascii_is_a_400_not_a_500(vault: Vault) -> None:
+    # Found by the fuzzer: RFC 2231 lets `boundary*=UTF-8''%E2%82%AC` decode to "€", which
+    # could not be encoded for the parser.
+    body, _ = multipart(rdio_trunk_recorder(M4A))
+    for content_type in (
+        "multipart/form-data; boundary*=UTF-8''%E2%82%AC",
+        "multipart/form-data; boundary=" + "b" * 71,
+    ):
+        response = await vault.client.post(
+            vault.url + "/api/call-upload", content=body, headers={"Content-Type": content_type}
+        )
+        assert (response.status_code, response.text) == (400, "Invalid content-type\n")
+    assert vault.calls() == [] and vault.incoming() == []

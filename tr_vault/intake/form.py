@@ -71,9 +71,10 @@ def multipart_boundary(content_type: str | None) -> bytes:
     if mimetype != "multipart/form-data":
         raise IntakeError(400, "Not a multipart content\n")
     boundary = options.get("boundary")
-    if not boundary:
+    # RFC 2046: 1 to 70 ASCII characters (an RFC 2231 `boundary*=` may decode to anything).
+    if not boundary or len(boundary) > 70 or not boundary.isascii():
         raise IntakeError(400, "Invalid content-type\n")
-    return boundary.encode("latin-1")
+    return boundary.encode("ascii")
 
 
 async def read_form(
