@@ -36,6 +36,7 @@ from tr_vault.services.store_health import (
 from tr_vault.services.uploader import Uploader, UploadPolicy
 from tr_vault.storage.base import ObjectStore
 from tr_vault.timefmt import WallClock, system_clock
+from tr_vault.web import hypercorn_patch
 from tr_vault.web.app import CollapseSlashes, create_app
 from tr_vault.web.context import WebContext
 from tr_vault.web.hosts import AllowedHosts
@@ -43,6 +44,7 @@ from tr_vault.web.slots import UploadSlots
 from tr_vault.web.uploads import UploadRoutes
 
 log = logging.getLogger(__name__)
+hypercorn_patch.apply()
 
 
 APP_QUEUE_CHUNKS = 4

@@ -1151,7 +1151,7 @@ def error_log() -> Iterator[ErrorLog]:
 
 
 def tree(root: Path) -> set[str]:
-    out = set()
+    out: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(root):
         base = Path(dirpath).relative_to(root)
         out.update((base / name).as_posix() for name in (*dirnames, *filenames))
@@ -1180,8 +1180,22 @@ class Invariants:
         self.baseline = tree(roots.tmp)
         self.outside = {d: names_in(d) for d in (roots.tmp.parent, Path("/tmp"))}
         self.logged = 0
+        self.stopped_by: str | None = None
         self.files_before: set[str] = set()
         self.tally: dict[str, int] = {}
+
+    def guard(self, example: Callable[[T], None], case: T) -> None:
+        """Run one example; once the server has stopped, say which example stopped it (every
+        later one fails for that reason alone)."""
+        if self.stopped_by is not None:
+            raise AssertionError(f"the server stopped during an earlier example: {self.stopped_by}")
+        try:
+            example(case)
+        except OSError as exc:
+            if not self.vault._stopped.is_set():
+                raise
+            self.stopped_by = repr(case)
+            raise AssertionError("the server stopped during this example") from exc
 
     def begin(self) -> dict[int, dict[str, Any]]:
         """At the start of an example: what was logged or cached before is not its doing."""
@@ -1353,9 +1367,7 @@ async def fuzz_uploads(make_vault: VaultFactory, tmp_path: Path, route: str, exa
             invariants.after_upload(case, answer, before)
             return answer
 
-        @fuzz(examples)
-        @given(case=upload_cases(route, roots))
-        def upload(case: UploadCase) -> None:
+        def example(case: UploadCase) -> None:
             case = case.unique(next(runs))
             first = send(case)
             if case.resend:
@@ -1365,6 +1377,11 @@ async def fuzz_uploads(make_vault: VaultFactory, tmp_path: Path, route: str, exa
                 if first.status == 200 and case.route is not None:
                     assert (again.status, again.text) == (200, first.text), "a resend refused"
                     assert invariants.rows().keys() == rows.keys(), "a resend stored again"
+
+        @fuzz(examples)
+        @given(case=upload_cases(route, roots))
+        def upload(case: UploadCase) -> None:
+            invariants.guard(example, case)
 
         try:
             await run_property(upload)
@@ -1618,9 +1635,7 @@ async def test_fuzz_read_routes(make_vault: VaultFactory, tmp_path: Path) -> Non
         port = invariants.port
         rows = invariants.rows()
 
-        @fuzz(200)
-        @given(case=read_cases(ids, real_cursors))
-        def read(case: ReadCase) -> None:
+        def example(case: ReadCase) -> None:
             invariants.begin()
             head = request_head(case.method, case.target, [*case.headers, ("Connection", "close")])
             answer = on_loop(lambda: exchange(port, [head], head=case.method == "HEAD"))
@@ -1630,6 +1645,11 @@ async def test_fuzz_read_routes(make_vault: VaultFactory, tmp_path: Path) -> Non
             invariants.check_cache(rows, answered=True)
             invariants.check_files()
             invariants.check_alive()
+
+        @fuzz(200)
+        @given(case=read_cases(ids, real_cursors))
+        def read(case: ReadCase) -> None:
+            invariants.guard(example, case)
 
         try:
             await run_property(read)

@@ -17,7 +17,6 @@ import trio
 
 from tr_vault.cache import AudioCache, TempAudio
 from tr_vault.call import CallMeta, StoredAudio
-from tr_vault.errors import JournalError
 from tr_vault.intake.fields import safe_name
 from tr_vault.journal import Duplicate, Inserted, Journal, KeyTaken, identity
 from tr_vault.timefmt import utc_date
@@ -99,8 +98,8 @@ class Intake:
                 result = await self.journal.insert_call(
                     meta, audio, state=self.initial_state, event_detail=detail
                 )
-            except JournalError:
-                await self.cache.remove(audio.key)  # no row points at it: not a call yet
+            except Exception:  # a journal error, or any other: no row points at the file
+                await self.cache.remove(audio.key)
                 raise
             if isinstance(result, Inserted):
                 log.info("stored call_id=%d key=%s size=%d", result.call_id, audio.key, audio.size)
