@@ -131,15 +131,15 @@ def test_site_defaults_to_the_host_name_and_stays_out_of_the_key(tmp_path: Path)
 async def test_two_nodes_one_bucket_one_site_keep_both_recordings(
     make_vault: VaultFactory, moto_s3: MotoS3, tmp_path: Path
 ) -> None:
-    common = s3_settings(moto_s3, site="shared")
+    common = s3_settings(moto_s3, site="node-x")
     first = await make_vault(data_dir=tmp_path / "node-a", **common)
     second = await make_vault(data_dir=tmp_path / "node-b", **common)
     a = await one_done(first, rdio_trunk_recorder(M4A))
     b = await one_done(second, rdio_trunk_recorder(M4A_2))  # same name, system and day
     assert a["key"] == b["key"] == CALL_KEY  # each node's cache key is the plain name
     stem, ext = TR_AUDIO_NAME.rsplit(".", 1)
-    assert a["object_key"] == f"audio/shared/{CALL_KEY}"
-    assert b["object_key"] == f"audio/shared/metro/2025-11-24/{stem}-{sha(M4A_2)[:12]}.{ext}"
+    assert a["object_key"] == f"audio/node-x/{CALL_KEY}"
+    assert b["object_key"] == f"audio/node-x/metro/2025-11-24/{stem}-{sha(M4A_2)[:12]}.{ext}"
     assert moto_s3.keys() == sorted([a["object_key"], b["object_key"]])
     assert moto_s3.read(a["object_key"]) == M4A
     assert moto_s3.read(b["object_key"]) == M4A_2
@@ -148,7 +148,7 @@ async def test_two_nodes_one_bucket_one_site_keep_both_recordings(
     detail = json.loads(collision["detail"])
     assert detail["object_key"] == a["object_key"]
     assert detail["found_sha256"] == sha(M4A)
-    assert detail["found"] == {"call-id": str(a["id"]), "site": "shared"}
+    assert detail["found"] == {"call-id": str(a["id"]), "site": "node-x"}
     # the second node plays its own call from its recorded key
     second_store = S3Store.from_settings(second.settings)
     try:
