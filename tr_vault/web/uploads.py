@@ -57,25 +57,30 @@ class UploadRoutes:
         self.slots = slots
         self.limits = FormLimits(ctx.settings.max_upload_bytes, ctx.settings.idle_timeout)
         self.proxies = ctx.settings.proxies  # behind one, the client is whom it forwards for
-
-    def route(self, path: str) -> Route | None:
-        keys = self.ctx.settings.keys
-        if path == "/api/call-upload":
-            return Route(
+        self.keys = keys = ctx.settings.keys  # parsed once, not per request
+        self.fixed_routes = {
+            "/api/call-upload": Route(
                 "rdio",
                 rdio.AUDIO_FIELD,
                 rdio.early_key_check(keys),
                 lambda form: rdio.call_upload(form, keys),
                 rdio.SUCCESS,
-            )
-        if path == "/api/trunk-recorder-call-upload":
-            return Route(
+            ),
+            "/api/trunk-recorder-call-upload": Route(
                 "rdio-tr",
                 rdio.AUDIO_FIELD,
                 rdio.early_key_check(keys),
                 lambda form: rdio.trunk_recorder_call_upload(form, keys),
                 rdio.SUCCESS,
-            )
+            ),
+        }
+
+    def route(self, path: str) -> Route | None:
+        """The upload route `path` names, or None (then the quart app serves it)."""
+        fixed = self.fixed_routes.get(path)
+        if fixed is not None:
+            return fixed
+        keys = self.keys
         match = _OPENMHZ.match(path)
         if match is None or path.startswith("/api/"):
             return None
