@@ -179,7 +179,7 @@ async def _serve_locked(
     run_id = secrets.token_hex(4)  # claims by workers of this run are `{run_id}:w{n}`
     if store is None:
         store = open_store(settings)
-    journal = await Journal.open(settings.db_path, clock=clock)
+    journal = await Journal.open(settings.db_path, clock=clock, site=settings.site_name)
     try:
         cache = AudioCache(settings.audio_dir)
         await recover_cache(cache, journal)
@@ -296,7 +296,7 @@ async def prune_once(settings: Settings, *, dry_run: bool) -> PruneReport:
     store = open_store(settings)
     if store is None:
         raise ConfigError("S3_BUCKET is not set: in local-only mode the cache is the archive")
-    journal = await Journal.open(settings.db_path)
+    journal = await Journal.open(settings.db_path, site=settings.site_name)
     try:
         cache = AudioCache(settings.audio_dir)
         health = store_health(store, settings, journal, system_clock)

@@ -89,6 +89,12 @@ class CallRow:
     # before the first verified upload, and on rows uploaded before 0004.
     bucket: str | None = None
     object_key: str | None = None
+    # 0005: the site that received the call (None: this node, stored before 0005); how a row
+    # rebuilt from the bucket was made (`metadata` or `key`, None for calls received here);
+    # the last time `verify` found the object intact.
+    site: str | None = None
+    rebuilt: str | None = None
+    checked_at: str | None = None
 
 
 @dataclass(frozen=True)

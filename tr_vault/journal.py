@@ -198,14 +198,21 @@ def _row(row: sqlite3.Row | None) -> CallRow | None:
 class Journal:
     """Async face of the journal. Create with `await Journal.open(path)`; `close()` at the end."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path, clock: WallClock) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, path: Path, clock: WallClock, site: str | None = None
+    ) -> None:
         self._conn = conn
         self.path = path
         self.clock = clock
+        # This node's site: new rows record it, and workers, pruner and verify touch only rows
+        # of this site (or of none: rows from before migration 0005). None: every row.
+        self.site = site
         self._limiter = trio.CapacityLimiter(1)
 
     @classmethod
-    async def open(cls, path: Path, *, clock: WallClock = system_clock) -> Journal:
+    async def open(
+        cls, path: Path, *, clock: WallClock = system_clock, site: str | None = None
+    ) -> Journal:
         def _open() -> sqlite3.Connection:
             try:
                 conn = connect(path)
@@ -222,7 +229,7 @@ class Journal:
             return conn
 
         conn = await trio.to_thread.run_sync(_open)
-        return cls(conn, path, clock)
+        return cls(conn, path, clock, site)
 
     async def close(self) -> None:
         await self._run(lambda conn: conn.close())
@@ -252,14 +259,16 @@ class Journal:
         """
         now = self.clock()
         return await self._run(
-            lambda conn: insert_call(conn, meta, audio, state, now, event_detail)
+            lambda conn: insert_call(conn, meta, audio, state, now, event_detail, site=self.site)
         )
 
     # -- upload workers ------------------------------------------------------------------
 
     async def claim_next(self, worker: str, *, lease: float, call_id: int | None = None) -> Claim:
         now = self.clock()
-        return await self._run(lambda conn: claim_next(conn, worker, now, call_id, lease))
+        return await self._run(
+            lambda conn: claim_next(conn, worker, now, call_id, lease, site=self.site)
+        )
 
     async def upload_done(
         self,
@@ -346,6 +355,7 @@ class Journal:
                 max_bytes=max_bytes,
                 low_water=low_water,
                 limit=limit,
+                site=self.site,
             )
         )
 
@@ -436,6 +446,8 @@ def insert_call(
     state: str,
     now: float,
     detail: str | None,
+    *,
+    site: str | None = None,
 ) -> InsertResult:
     """See `Journal.insert_call`: duplicate check, key check and insert in one transaction."""
     at = to_db(now)
@@ -453,8 +465,8 @@ def insert_call(
             "INSERT INTO calls (protocol, system, system_label, talkgroup, talkgroup_label,"
             " talkgroup_tag, talkgroup_group, source, frequency, start_time, stop_time, duration,"
             " emergency, audio_name, metadata, key, content_type, size, sha256, md5, state,"
-            " next_attempt_at, received_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " next_attempt_at, received_at, site)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 meta.protocol,
                 meta.system,
@@ -479,6 +491,7 @@ def insert_call(
                 state,
                 at if state == "pending" else None,
                 at,
+                site,
             ),
         )
         call_id = int(cur.lastrowid or 0)
@@ -492,8 +505,21 @@ def recorded_keys(conn: sqlite3.Connection, keys: Sequence[str]) -> set[str]:
     return {r[0] for r in conn.execute(f"SELECT key FROM calls WHERE key IN ({marks})", keys)}
 
 
+def own_rows(site: str | None) -> tuple[str, list[Any]]:
+    """A WHERE clause for the rows of `site` (and rows of no site: before migration 0005)."""
+    if site is None:
+        return "1", []
+    return "(site IS NULL OR site = ?)", [site]
+
+
 def claim_next(
-    conn: sqlite3.Connection, worker: str, now: float, call_id: int | None, lease: float
+    conn: sqlite3.Connection,
+    worker: str,
+    now: float,
+    call_id: int | None,
+    lease: float,
+    *,
+    site: str | None = None,
 ) -> Claim:
     """Claim the oldest due pending row (or `call_id` if it is pending) for `lease` seconds.
 
@@ -502,21 +528,23 @@ def claim_next(
     """
     at = to_db(now)
     free = "(claimed_by IS NULL OR coalesce(claim_expires_at, '') <= ?)"
+    own, own_args = own_rows(site)
     with transaction(conn):
         if call_id is None:
             row = conn.execute(
                 f"SELECT {_JOB_COLUMNS}, claimed_by FROM calls WHERE state = 'pending'"
-                f" AND next_attempt_at <= ? AND {free} ORDER BY next_attempt_at, id LIMIT 1",
-                (at, at),
+                f" AND next_attempt_at <= ? AND {free} AND {own}"
+                " ORDER BY next_attempt_at, id LIMIT 1",
+                (at, at, *own_args),
             ).fetchone()
         else:
             row = conn.execute(
                 f"SELECT {_JOB_COLUMNS}, claimed_by FROM calls WHERE id = ?"
-                f" AND state = 'pending' AND {free}",
-                (call_id, at),
+                f" AND state = 'pending' AND {free} AND {own}",
+                (call_id, at, *own_args),
             ).fetchone()
         if row is None:
-            return Claim(None, _next_due_in(conn, now))
+            return Claim(None, _next_due_in(conn, now, site))
         if row["claimed_by"] is not None:
             _event(
                 conn, row["id"], at, "requeued", f"claim of {row['claimed_by']} expired; taken over"
@@ -530,16 +558,19 @@ def claim_next(
         return Claim(UploadJob(**job), 0.0)
 
 
-def _next_due_in(conn: sqlite3.Connection, now: float) -> float | None:
+def _next_due_in(conn: sqlite3.Connection, now: float, site: str | None) -> float | None:
     """Seconds until a pending row falls due or a claim expires; None with nothing pending."""
+    own, own_args = own_rows(site)
     due = [
         conn.execute(
             "SELECT next_attempt_at FROM calls WHERE state = 'pending' AND claimed_by IS NULL"
-            " ORDER BY next_attempt_at LIMIT 1"
+            f" AND {own} ORDER BY next_attempt_at LIMIT 1",
+            own_args,
         ).fetchone(),
         conn.execute(
             "SELECT min(claim_expires_at) FROM calls WHERE claimed_by IS NOT NULL"
-            " AND state = 'pending'"
+            f" AND state = 'pending' AND {own}",
+            own_args,
         ).fetchone(),
     ]
     times = [from_db(r[0]) for r in due if r is not None and r[0] is not None]
@@ -804,6 +835,7 @@ def prune_candidates(
     max_bytes: int,
     low_water: float,
     limit: int,
+    site: str | None = None,
 ) -> tuple[list[PruneCandidate], int | None]:
     """Cached files of `done` rows that may go, oldest first, and the cache's size in bytes
     (None when there is no size cap, so no need to add it up).
@@ -817,20 +849,22 @@ def prune_candidates(
             conn.execute("SELECT coalesce(sum(size), 0) FROM calls WHERE cached = 1").fetchone()[0]
         )
     columns = "id, key, size, sha256, uploaded_at, bucket, object_key"
+    own, own_args = own_rows(site)
     picked: list[PruneCandidate] = []
     if retention > 0:
         rows = conn.execute(
             f"SELECT {columns} FROM calls WHERE cached = 1 AND state = 'done'"
-            " AND uploaded_at <= ? ORDER BY uploaded_at, id LIMIT ?",
-            (to_db(now - retention), limit),
+            f" AND uploaded_at <= ? AND {own} ORDER BY uploaded_at, id LIMIT ?",
+            (to_db(now - retention), *own_args, limit),
         )
         picked = [PruneCandidate(**dict(r), reason="age") for r in rows]
     if cached_bytes is not None and cached_bytes > max_bytes:
         need = cached_bytes - int(low_water * max_bytes) - sum(c.size for c in picked)
         chosen = {c.id for c in picked}
         rows = conn.execute(
-            f"SELECT {columns} FROM calls WHERE cached = 1 AND state = 'done'"
-            " ORDER BY uploaded_at, id"
+            f"SELECT {columns} FROM calls WHERE cached = 1 AND state = 'done' AND {own}"
+            " ORDER BY uploaded_at, id",
+            own_args,
         )
         for r in rows:
             if need <= 0 or len(picked) >= limit:

@@ -46,7 +46,7 @@ def test_events_are_append_only(tmp_path: Path) -> None:
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
         conn.execute("DELETE FROM events")
     with pytest.raises(sqlite3.IntegrityError):
-        conn.execute("UPDATE calls SET state = 'lost'")
+        conn.execute("UPDATE calls SET state = 'gone'")
 
 
 def test_migrate_without_any_migration_is_an_error_not_an_empty_schema(tmp_path: Path) -> None:
