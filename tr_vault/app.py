@@ -21,7 +21,7 @@ from tr_vault.cache import AudioCache
 from tr_vault.config import Settings, StorageMode
 from tr_vault.errors import ConfigError
 from tr_vault.intake.store import Intake
-from tr_vault.journal import Journal, recorded_keys, set_store_health
+from tr_vault.journal import Journal, recorded_keys, set_store_health, unfinished_of_other_sites
 from tr_vault.lock import hold_data_dir
 from tr_vault.metrics import Metrics
 from tr_vault.services.pruner import PrunePolicy, Pruner, PruneReport
@@ -36,6 +36,7 @@ from tr_vault.services.store_health import (
 from tr_vault.services.uploader import Uploader, UploadPolicy
 from tr_vault.storage.base import ObjectStore
 from tr_vault.timefmt import WallClock, system_clock
+from tr_vault.verify import Verifier, VerifyLoop, VerifyReport
 from tr_vault.web import hypercorn_patch
 from tr_vault.web.app import CollapseSlashes, create_app
 from tr_vault.web.context import WebContext
@@ -75,6 +76,30 @@ def open_store(settings: Settings) -> ObjectStore | None:
     from tr_vault.storage.s3 import S3Store
 
     return S3Store.from_settings(settings)
+
+
+def verify_loop(
+    settings: Settings,
+    journal: Journal,
+    cache: AudioCache,
+    store: ObjectStore,
+    health: StoreHealth | None,
+    metrics: Metrics,
+) -> VerifyLoop:
+    """The scheduled light verify, counting what it finds in `tr_vault_verify_results`."""
+
+    def count(report: VerifyReport) -> None:
+        for outcome, n in report.counts.items():
+            metrics.verify_results.labels(outcome).inc(n)
+        metrics.verify_last_run.set(system_clock())
+
+    return VerifyLoop(
+        Verifier(journal, store, cache),
+        interval=settings.verify_interval,
+        sample=settings.verify_sample,
+        wait_store_up=health.wait_up if health is not None else None,
+        on_report=count,
+    )
 
 
 def upload_policy(settings: Settings) -> UploadPolicy:
@@ -148,6 +173,21 @@ async def recover_cache(cache: AudioCache, journal: Journal) -> None:
         )
 
 
+async def warn_of_other_sites(journal: Journal) -> None:
+    """Say so when unfinished calls belong to another site: this node leaves them alone, which
+    is right for a catalog but wrong after moving a site here under a new TR_VAULT_SITE."""
+    others = await journal.call(unfinished_of_other_sites, journal.site)
+    for site, count in others.items():
+        log.warning(
+            "%d pending or failed call(s) were received by site %r; this node is site %r and"
+            " leaves them alone. If this node is that site moved here, set TR_VAULT_SITE=%s",
+            count,
+            site,
+            journal.site,
+            site,
+        )
+
+
 async def serve(
     settings: Settings,
     *,
@@ -183,6 +223,7 @@ async def _serve_locked(
     try:
         cache = AudioCache(settings.audio_dir)
         await recover_cache(cache, journal)
+        await warn_of_other_sites(journal)
         metrics = Metrics()
         health = uploader = pruner = None
         if store is not None:
@@ -252,6 +293,10 @@ async def _serve_locked(
                 await nursery.start(run_uploads)
             if pruner is not None and pruner.enabled:
                 await nursery.start(pruner.run)
+            if store is not None and settings.verify_interval > 0:
+                await nursery.start(
+                    verify_loop(settings, journal, cache, store, health, metrics).run
+                )
             if uploader is None:
                 uploads_done.set()
             http_done = trio.Event()

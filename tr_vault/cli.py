@@ -83,16 +83,17 @@ def retry(all_failed: bool, call_ids: tuple[int, ...]) -> None:
 @main.command()
 @click.option("--call", "call_id", type=int, help="Print one call and its events.")
 @click.option("--failed", is_flag=True, help="List failed calls with their last error.")
+@click.option("--lost", is_flag=True, help="List lost calls (verify found no object, no copy).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def audit(call_id: int | None, failed: bool, as_json: bool) -> None:
-    """The journal summary; or one call's history; or the failures."""
+def audit(call_id: int | None, failed: bool, lost: bool, as_json: bool) -> None:
+    """The journal summary; or one call's history; or the failures; or the lost calls."""
     from tr_vault.report import print_call, print_failed, print_status
 
     settings = _settings()
     if call_id is not None:
         print_call(settings, call_id, as_json=as_json)
-    elif failed:
-        print_failed(settings, as_json=as_json)
+    elif failed or lost:
+        print_failed(settings, as_json=as_json, state="lost" if lost else "failed")
     else:
         print_status(settings, as_json=as_json)
 
@@ -139,6 +140,113 @@ def check() -> None:
         click.echo("tr-vault check: S3 is not usable with these settings", err=True)
         sys.exit(1)
     click.echo("S3 works: uploads and playback of pruned calls will succeed")
+
+
+@main.command()
+@click.option("--since", help="Calls received since: a date/time (UTC) or a duration ago (24h).")
+@click.option("--until", help="Calls received before: a date/time (UTC) or a duration ago.")
+@click.option("--system", "systems", multiple=True, help="Only this system (id or short name).")
+@click.option("--sample", type=click.IntRange(min=1), help="Check a random sample of N calls.")
+@click.option("--deep", is_flag=True, help="Download and re-hash the bytes, not just HEAD.")
+@click.option("--parallel", type=click.IntRange(1, 256), default=16, show_default=True)
+@click.option("--rate", type=click.FloatRange(min=0.1), help="At most N requests a second.")
+@click.option("--site", help="Check this site's calls (default: this node's, TR_VAULT_SITE).")
+@click.option(
+    "--all-sites", is_flag=True, help="Check every site's calls in the catalog; change nothing."
+)
+@click.option("--catalog", help="The catalog for --all-sites (default: DATA_DIR/catalog.db).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def verify(
+    since: str | None,
+    until: str | None,
+    systems: tuple[str, ...],
+    sample: int | None,
+    deep: bool,
+    parallel: int,
+    rate: float | None,
+    site: str | None,
+    all_sites: bool,
+    catalog: str | None,
+    as_json: bool,
+) -> None:
+    """Check that the bucket holds every `done` call, intact (HEAD: size and SHA-256).
+
+    A missing or changed object whose audio is still cached goes back to the upload queue; one
+    with no local copy is marked `lost`. Only this node's calls are changed; --site of another
+    node and --all-sites only report. Exits 0 when every call checked out, 1 otherwise.
+    """
+    import json
+    from functools import partial
+
+    import trio
+
+    from tr_vault.objectmeta import safe_site
+    from tr_vault.progress import Tally, print_summary
+    from tr_vault.timefmt import system_clock
+    from tr_vault.verify import Finding, Selection, VerifyRequest, parse_when, verify_from_settings
+
+    settings = _settings()
+    if all_sites and site:
+        raise click.UsageError("give --site or --all-sites, not both")
+    if catalog and not all_sites:
+        raise click.UsageError("--catalog goes with --all-sites")
+    now = system_clock()
+    try:
+        selection = Selection(
+            since=parse_when(since, now) if since else None,
+            until=parse_when(until, now) if until else None,
+            systems=systems,
+            site=None if all_sites else safe_site(site) if site else settings.site_name,
+            sample=sample,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if all_sites and not catalog:
+        catalog = str(settings.data_dir / "catalog.db")
+    request = VerifyRequest(
+        selection,
+        deep=deep,
+        parallel=parallel,
+        rate=rate,
+        catalog=catalog,
+        # Another node's rows are that node's to act on: report only.
+        act=selection.site == settings.site_name,
+    )
+    tally = Tally("verify", None)
+
+    def on_result(finding: Finding) -> None:
+        tally.advance(finding.outcome.value)
+
+    try:
+        with tally.shown(enabled=not as_json):
+            report = trio.run(
+                partial(
+                    verify_from_settings,
+                    settings,
+                    request,
+                    on_total=tally.set_total,
+                    on_result=on_result,
+                )
+            )
+    except TrVaultError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        for f in report.findings:
+            click.echo(
+                f"{f.outcome.value:<9} call {f.target.id} {f.target.object_key or f.target.key}:"
+                f" {f.detail}" + (f" -> {f.action}" if f.action else "")
+            )
+        rows: dict[str, object] = {"checked": report.checked}
+        rows.update({k: v for k, v in sorted(report.counts.items())})
+        rows.update({f"action {k}": v for k, v in sorted(report.actions.items())})
+        rows["S3 requests"] = report.requests
+        rows["seconds"] = f"{report.seconds:.1f}"
+        rate_done = report.checked / report.seconds if report.seconds else 0.0
+        rows["calls/s"] = f"{rate_done:.0f}"
+        print_summary("verify", rows)
+    sys.exit(0 if report.clean else 1)
 
 
 @main.command()

@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     store_probe_max: Duration = Field(60.0, gt=0)
     failed_retry_interval: Duration = 21600.0
     prune_interval: Duration = 3600.0
+    # The scheduled light verify: every interval, a random sample of this site's `done` calls
+    # is HEADed again (tr_vault.verify). 0 (the default) is off: each pass costs requests.
+    verify_interval: Duration = 0.0
+    verify_sample: int = Field(20, ge=1, le=10000)
     prune_batch: int = Field(1000, ge=1)
     prune_concurrency: int = Field(8, ge=1)
     cache_low_water: float = Field(0.9, gt=0, le=1)

@@ -395,11 +395,17 @@ class Journal:
         await self._run(probe)
 
 
-def _event(conn: sqlite3.Connection, call_id: int, at: str, kind: str, detail: str | None) -> None:
+def add_event(
+    conn: sqlite3.Connection, call_id: int, at: str, kind: str, detail: str | None
+) -> None:
+    """Append to a call's history (inside the caller's transaction)."""
     conn.execute(
         "INSERT INTO events (call_id, at, kind, detail) VALUES (?, ?, ?, ?)",
         (call_id, at, kind, detail),
     )
+
+
+_event = add_event
 
 
 @contextmanager
@@ -510,6 +516,18 @@ def own_rows(site: str | None) -> tuple[str, list[Any]]:
     if site is None:
         return "1", []
     return "(site IS NULL OR site = ?)", [site]
+
+
+def unfinished_of_other_sites(conn: sqlite3.Connection, site: str | None) -> dict[str, int]:
+    """Pending or failed rows of sites other than `site`, counted by site."""
+    if site is None:
+        return {}
+    rows = conn.execute(
+        "SELECT site, count(*) FROM calls WHERE state IN ('pending', 'failed')"
+        " AND site IS NOT NULL AND site != ? GROUP BY site",
+        (site,),
+    )
+    return {r[0]: r[1] for r in rows}
 
 
 def claim_next(
@@ -781,7 +799,7 @@ def status_summary(
             sp,
         )
     }
-    for state in ("pending", "done", "failed"):
+    for state in ("pending", "done", "failed", "lost"):
         states.setdefault(state, {"calls": 0, "bytes": 0})
     oldest = conn.execute(
         "SELECT id, received_at FROM calls WHERE id ="
@@ -949,10 +967,13 @@ def list_calls(
     return [CallRow(**dict(r)) for r in conn.execute(sql, params)]
 
 
-def failed_calls(conn: sqlite3.Connection, limit: int = 1000) -> list[CallRow]:
+def failed_calls(
+    conn: sqlite3.Connection, limit: int = 1000, *, state: str = "failed"
+) -> list[CallRow]:
+    """The newest calls in `state` (`failed`, or `lost`), with their last error."""
     rows = conn.execute(
-        f"SELECT {_CALL_COLUMNS} FROM calls WHERE state = 'failed' ORDER BY id DESC LIMIT ?",
-        (limit,),
+        f"SELECT {_CALL_COLUMNS} FROM calls WHERE state = ? ORDER BY id DESC LIMIT ?",
+        (state, limit),
     )
     return [CallRow(**dict(r)) for r in rows]
 

@@ -57,6 +57,23 @@ class Metrics:
         )
         self.calls_pending = Gauge("tr_vault_calls_pending", "Calls waiting for S3.", registry=r)
         self.calls_failed = Gauge("tr_vault_calls_failed", "Calls whose upload failed.", registry=r)
+        self.calls_lost = Gauge(
+            "tr_vault_calls_lost",
+            "Calls whose object verify found missing or changed with no local copy left.",
+            registry=r,
+        )
+        self.verify_results = Counter(
+            "tr_vault_verify_results",
+            "Objects checked by the scheduled verify, by outcome (ok, missing, changed,"
+            " unchecked).",
+            ["outcome"],
+            registry=r,
+        )
+        self.verify_last_run = Gauge(
+            "tr_vault_verify_last_run_timestamp_seconds",
+            "When the scheduled verify last finished a pass, Unix time.",
+            registry=r,
+        )
         self.cached_bytes = Gauge("tr_vault_cached_bytes", "Bytes in the local cache.", registry=r)
         self.store_up = Gauge(
             "tr_vault_store_up",
@@ -75,10 +92,12 @@ class Metrics:
         pending: int,
         failed: int,
         cached_bytes: int,
+        lost: int = 0,
         store: StoreStatus | None = None,
     ) -> bytes:
         self.calls_pending.set(pending)
         self.calls_failed.set(failed)
+        self.calls_lost.set(lost)
         self.cached_bytes.set(cached_bytes)
         if store is not None:
             self.store_up.set(1 if store.state.value == "up" else 0)

@@ -88,17 +88,17 @@ def print_call(settings: Settings, call_id: int, *, as_json: bool) -> None:
         click.echo(f"  {e.at}  {e.kind:<14} {e.detail or ''}")
 
 
-def print_failed(settings: Settings, *, as_json: bool) -> None:
+def print_failed(settings: Settings, *, as_json: bool, state: str = "failed") -> None:
     conn = _open(settings, readonly=True)
     try:
-        rows = failed_calls(conn)
+        rows = failed_calls(conn, state=state)
     finally:
         conn.close()
     if as_json:
         click.echo(json.dumps([asdict(r) for r in rows], indent=2))
         return
     if not rows:
-        click.echo("no failed calls")
+        click.echo(f"no {state} calls")
     for r in rows:
         click.echo(f"{r.id}\t{r.key}\tattempts={r.attempts}\t{r.last_error}")
 

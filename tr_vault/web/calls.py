@@ -34,7 +34,7 @@ from tr_vault.web.context import WebContext
 
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
-STATES = ("pending", "done", "failed")
+STATES = ("pending", "done", "failed", "lost")
 MAX_CURSOR = 128  # ours are ~60 characters
 _CURSOR_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}")
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
@@ -268,6 +268,7 @@ def calls_blueprint(ctx: WebContext) -> Blueprint:
         body = ctx.metrics.render(
             pending=s["states"]["pending"]["calls"],
             failed=s["states"]["failed"]["calls"],
+            lost=s["states"]["lost"]["calls"],
             cached_bytes=s["cached"]["bytes"],
             store=ctx.health.status if ctx.health is not None else None,
         )
