@@ -20,7 +20,14 @@ from pathlib import Path
 import boto3
 import botocore.config
 import trio
-from benchlib import SeaweedProcess, ensure_repo_on_path, print_machine, print_table
+from benchlib import (
+    SeaweedProcess,
+    cpu_seconds,
+    ensure_repo_on_path,
+    print_machine,
+    print_table,
+    self_cpu_seconds,
+)
 
 ensure_repo_on_path()
 
@@ -120,8 +127,10 @@ def main() -> None:
                 request = VerifyRequest(
                     Selection(site=SITE), deep=deep, parallel=args.parallel, act=False
                 )
+                weed_cpu, own_cpu = cpu_seconds(weed.pid), self_cpu_seconds()
                 report = trio.run(verify_from_settings, settings, request)
                 assert report.clean, report.counts
+                cpu = (cpu_seconds(weed.pid) - weed_cpu, self_cpu_seconds() - own_cpu)
                 results.append(
                     [
                         "deep" if deep else "light",
@@ -129,6 +138,8 @@ def main() -> None:
                         f"{report.seconds:.1f}",
                         f"{report.checked / report.seconds:.0f}",
                         report.requests,
+                        f"{cpu[1]:.1f}",
+                        f"{cpu[0]:.1f}",
                     ]
                 )
             client = s3_client(weed)
@@ -146,10 +157,15 @@ def main() -> None:
                     f"{report.seconds:.1f}",
                     f"{report.checked / report.seconds:.0f}",
                     report.requests,
+                    "",
+                    "",
                 ]
             )
     print(f"\nverify over {args.calls} calls, SeaweedFS on 127.0.0.1, --parallel {args.parallel}")
-    print_table(["pass", "calls", "seconds", "calls/s", "S3 requests"], results)
+    print_table(
+        ["pass", "calls", "seconds", "calls/s", "S3 requests", "tr_vault CPU s", "weed CPU s"],
+        results,
+    )
 
 
 if __name__ == "__main__":
