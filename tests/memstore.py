@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
 from tr_vault.errors import ObjectExists, ObjectNotFound, StorageError
-from tr_vault.storage.base import Key, ObjectInfo, ObjectRef, PutResult
+from tr_vault.storage.base import LIST_PAGE, Key, ListedObject, ObjectInfo, ObjectRef, PutResult
 
 
 @dataclass
@@ -36,6 +36,7 @@ class MemoryStore:
     refusals: dict[str, StorageError] = field(default_factory=dict)
     puts: list[tuple[str, float]] = field(default_factory=list)  # (key, trio time)
     heads: list[tuple[str, float]] = field(default_factory=list)
+    lists: list[tuple[str, float]] = field(default_factory=list)  # (prefix, trio time) per page
     put_delay: float = 0.0
     put_delays: dict[str, float] = field(default_factory=dict)
     on_put: Callable[[str], None] | None = None
@@ -58,7 +59,7 @@ class MemoryStore:
         """Every operation raises `error` until called again with None."""
         self.refusals.clear()
         if error is not None:
-            for op in ("check", "put", "head", "get", "delete"):
+            for op in ("check", "put", "head", "get", "delete", "list"):
                 self.refusals[op] = error
 
     def _fault(self, op: str) -> None:
@@ -125,6 +126,27 @@ class MemoryStore:
         if obj is None:
             raise ObjectNotFound(f"get {key}: 404", status=404)
         return obj.data
+
+    async def list_objects(
+        self,
+        prefix: str,
+        *,
+        max_keys: int = LIST_PAGE,
+        on_page: Callable[[int], None] | None = None,
+    ) -> AsyncIterator[ListedObject]:
+        """The store's own objects (not those filed under another bucket), in key order."""
+        keys = sorted(k for k in self.objects if k.startswith(prefix) and ":" not in k)
+        step = max(1, min(LIST_PAGE, max_keys))
+        for at in range(0, max(1, len(keys)), step):
+            self.lists.append((prefix, trio.current_time()))
+            await trio.lowlevel.checkpoint()
+            self._fault("list")
+            page = [k for k in keys[at : at + step] if k in self.objects]
+            if on_page is not None:
+                on_page(len(page))
+            for key in page:
+                data = self.objects[key].data
+                yield ListedObject(key, len(data), hashlib.md5(data).hexdigest(), None)
 
     async def delete(self, key: Key) -> None:
         key = self._key(key)

@@ -3,6 +3,7 @@
     TrVaultError
     ├── ConfigError            a setting is missing or wrong; start-up stops with its message
     ├── JournalError           the journal cannot be opened, migrated or written
+    ├── ReplicaError           the journal's replica (Litestream) cannot be read or restored
     ├── IntakeError            an upload is refused; carries the HTTP status and the body to send
     └── StorageError           the object store failed
         ├── ObjectNotFound     a clear 404 for a key: the object is not there
@@ -30,6 +31,10 @@ class ConfigError(TrVaultError):
 
 class JournalError(TrVaultError):
     """The journal cannot be opened, migrated or written."""
+
+
+class ReplicaError(TrVaultError):
+    """The journal's replica cannot be read or restored; the message says what Litestream said."""
 
 
 class IntakeError(TrVaultError):

@@ -407,7 +407,7 @@ BAD_LISTING_PARAMETERS = [
     ("limit", " 5"),
     ("limit", "+5"),
     ("limit", "99999999999999999999999"),
-    ("state", "lost"),
+    ("state", "gone"),
     ("state", "DONE"),
 ]
 

@@ -157,7 +157,7 @@ async def test_listing_filters_and_keyset_pagination(vault: Vault) -> None:
     assert county[0]["audio_url"] == f"/api/calls/{county[0]['id']}/audio"
     assert "claimed_by" not in county[0]
 
-    for bad in ({"limit": "0"}, {"limit": "x"}, {"state": "lost"}, {"since": "yesterday"},
+    for bad in ({"limit": "0"}, {"limit": "x"}, {"state": "gone"}, {"since": "yesterday"},
                 {"cursor": "nope"}, {"talkgroup": "abc"}):  # fmt: skip
         response = await get(vault, "/api/calls", params=bad)
         assert response.status_code == 400, bad

@@ -278,7 +278,8 @@ def test_migration_0003_keeps_every_row_id_and_event(tmp_path: Path) -> None:
     assert migrate(conn) == [n for n, _ in migration_files() if n > 2]
 
     calls_after = everything(conn, "calls")
-    added_later = ("duplicate_of", "bucket", "object_key")  # 0003; 0004 (NULL: as before)
+    # 0003; 0004 and 0005 (NULL: as before)
+    added_later = ("duplicate_of", "bucket", "object_key", "site", "rebuilt", "checked_at")
     assert [{k: v for k, v in c.items() if k not in added_later} for c in calls_after] == (
         calls_before
     )

@@ -843,3 +843,96 @@ async def test_an_object_ref_addresses_the_full_key_whatever_the_prefix(
             await new.head(KEY)  # the relative key is under the new prefix
     if store_backend.is_s3:
         assert f"/old/{KEY}" in new.presign_get(ref, expires_in=60)
+
+
+# -- listing (only `rebuild --from-bucket` lists) ------------------------------------------------
+
+
+async def test_list_objects_pages_through_the_keys_under_a_prefix_in_key_order(
+    store_backend: Backend, tmp_path: Path
+) -> None:
+    store = store_backend.make(prefix="vault")
+    under = [
+        "audio/m/2025-11-24/2.m4a", "audio/m/2025-11-24/1.m4a", "audio/a b+c%20&x=y.m4a",
+        "audio/Zürich/🚒.m4a", "audio/~tilde.m4a",
+    ]  # fmt: skip
+    audio = make_audio(tmp_path, size=1234)
+    started = time.time()
+    with trio.fail_after(TIMEOUT):
+        for key in [*under, "audiox/not-under.m4a", ".tr-vault/probe"]:
+            await put(store, key, audio)
+        pages: list[int] = []
+        listed = [o async for o in store.list_objects("audio/", max_keys=2, on_page=pages.append)]
+        whole = [o.key async for o in store_backend.make().list_objects("vault/audio/m/")]
+        nothing: list[int] = []
+        empty = [o async for o in store.list_objects("nothing/", on_page=nothing.append)]
+    assert [o.key for o in listed] == sorted(under)  # relative to the store's prefix
+    assert pages == [2, 2, 1]
+    assert {(o.size, o.etag) for o in listed} == {(audio.size, audio.md5)}
+    for o in listed:
+        assert o.last_modified is not None and abs(o.last_modified - started) < 300
+        assert (await store.head(o.key)).sha256 == audio.sha256  # a listed key is addressable
+    assert whole == ["vault/audio/m/2025-11-24/1.m4a", "vault/audio/m/2025-11-24/2.m4a"]
+    assert (empty, nothing) == ([], [0])
+
+
+async def test_a_listing_refused_names_the_permission(
+    seaweed_s3: S3Bucket, seaweed_write_only: S3Bucket
+) -> None:
+    async with seaweed_write_only.store() as store:
+        with trio.fail_after(TIMEOUT), pytest.raises(StorageUnavailable, match="s3:ListBucket"):
+            [o async for o in store.list_objects("audio/")]
+    async with seaweed_s3.store(bucket="no-such-bucket-here") as store:
+        with trio.fail_after(TIMEOUT), pytest.raises(StorageUnavailable, match="NoSuchBucket"):
+            [o async for o in store.list_objects("audio/")]
+
+
+async def test_a_listing_is_parsed_by_botocore_whatever_the_order_of_its_elements() -> None:
+    """A page as a store may write it (elements in any order, keys url-encoded, a truncated
+    page and its continuation token), answered through a mock transport."""
+    pages = [
+        b'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult'
+        b' xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><EncodingType>url</EncodingType>'
+        b"<Contents><Size>3</Size><Key>p/audio/a+b%2Bc.m4a</Key><ETag>&quot;abc&quot;</ETag>"
+        b"<LastModified>2025-11-24T16:20:34.000Z</LastModified></Contents>"
+        b"<NextContinuationToken>t/1+=</NextContinuationToken><IsTruncated>true</IsTruncated>"
+        b"</ListBucketResult>",
+        b"<ListBucketResult><IsTruncated>false</IsTruncated><Contents><Key>p/audio/z</Key>"
+        b"<Size>0</Size></Contents></ListBucketResult>",
+    ]
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=pages[len(seen) - 1])
+
+    store = S3Store(
+        bucket="b", endpoint="http://127.0.0.1:9", access_key="K", secret_key="S", prefix="p",
+        transport=httpx.MockTransport(answer),
+    )  # fmt: skip
+    async with store:
+        listed = [o async for o in store.list_objects("audio/")]
+    assert [(o.key, o.size, o.etag) for o in listed] == [
+        ("audio/a b+c.m4a", 3, "abc"), ("audio/z", 0, None),
+    ]  # fmt: skip
+    assert listed[0].last_modified == 1764001234.0 and listed[1].last_modified is None
+    first, second = (parse_qs(urlsplit(str(r.url)).query) for r in seen)
+    assert first == {
+        "list-type": ["2"], "encoding-type": ["url"], "max-keys": ["1000"], "prefix": ["p/audio/"],
+    }  # fmt: skip
+    assert second["continuation-token"] == ["t/1+="]
+    assert "%2B" in str(seen[1].url) and "Signature=" in seen[1].headers["authorization"]
+
+
+async def test_a_truncated_listing_without_a_token_or_not_xml_is_unavailable() -> None:
+    for body in (
+        b"<ListBucketResult><IsTruncated>true</IsTruncated></ListBucketResult>",
+        b"<html>a captive portal</html",
+    ):
+        store = S3Store(
+            bucket="b", endpoint="http://127.0.0.1:9", access_key="K", secret_key="S",
+            transport=httpx.MockTransport(lambda _r, body=body: httpx.Response(200, content=body)),
+        )  # fmt: skip
+        async with store:
+            with pytest.raises(StorageUnavailable, match="list b/audio/"):
+                [o async for o in store.list_objects("audio/")]

@@ -6,7 +6,7 @@ Backends (`s3.py`, `local.py`) translate their own failures into the `StorageErr
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -46,6 +46,23 @@ Key = str | ObjectRef
 @dataclass(frozen=True)
 class PutResult:
     etag: str | None
+
+
+LIST_PAGE = 1000  # keys per listing page: S3's own maximum for ListObjectsV2
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    """One entry of a listing: what a LIST tells without a HEAD (no metadata).
+
+    `key` is relative to the store's prefix, like every `str` key (`locate(key)` gives the
+    bucket and full key); `last_modified` is Unix seconds, None when the store does not say.
+    """
+
+    key: str
+    size: int
+    etag: str | None
+    last_modified: float | None
 
 
 def audio_object_key(key: str, site: str | None = None) -> str:
@@ -110,6 +127,22 @@ class ObjectStore(Protocol):
 
     async def get(self, key: Key) -> bytes:
         """The whole object (for verification and small reads)."""
+        ...
+
+    def list_objects(
+        self,
+        prefix: str,
+        *,
+        max_keys: int = LIST_PAGE,
+        on_page: Callable[[int], None] | None = None,
+    ) -> AsyncIterator[ListedObject]:
+        """Every object whose key (relative to the store's prefix) starts with `prefix`, in
+        key order, fetched `max_keys` at a time; `on_page(n)` after each page of `n` entries
+        (a request, for S3).
+
+        Only `tr-vault rebuild --from-bucket` lists: the loops read the journal, never the
+        bucket (invariant 4). Raises like `head`, `StorageUnavailable` for what it cannot decide.
+        """
         ...
 
     async def delete(self, key: Key) -> None:

@@ -12,7 +12,8 @@ import hashlib
 import json
 import os
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -28,7 +29,15 @@ from tr_vault.errors import (
     StorageUnavailable,
     VerificationError,
 )
-from tr_vault.storage.base import Key, ObjectInfo, ObjectRef, ObjectStore, PutResult
+from tr_vault.storage.base import (
+    LIST_PAGE,
+    Key,
+    ListedObject,
+    ObjectInfo,
+    ObjectRef,
+    ObjectStore,
+    PutResult,
+)
 
 SIDECAR_SUFFIX = ".tr-vault.json"
 TEMP_PREFIX = ".tr-vault-tmp-"
@@ -231,6 +240,56 @@ class FileStore:
 
     async def get(self, key: Key) -> bytes:
         return await self._run(f"get {self.object_key(key)}", self.path_for(key).read_bytes)
+
+    async def list_objects(
+        self,
+        prefix: str,
+        *,
+        max_keys: int = LIST_PAGE,
+        on_page: Callable[[int], None] | None = None,
+    ) -> AsyncIterator[ListedObject]:
+        """The files under `root/prefix` whose key starts with `prefix`, in key order (sidecars
+        and temp files are not objects); one thread hop for the walk, one per page of stats."""
+        top = self.root.joinpath(*PurePosixPath(self.prefix).parts) if self.prefix else self.root
+        folder = prefix.rpartition("/")[0]
+        start = top.joinpath(*PurePosixPath(folder).parts) if folder else top
+
+        def walk() -> list[str]:
+            keys = []
+            for parent, _dirs, names in os.walk(start):
+                for name in names:
+                    if name.endswith(SIDECAR_SUFFIX) or name.startswith(TEMP_PREFIX):
+                        continue
+                    key = (Path(parent) / name).relative_to(top).as_posix()
+                    if key.startswith(prefix):
+                        keys.append(key)
+            return sorted(keys)
+
+        def stat_page(keys: list[str]) -> list[ListedObject]:
+            page = []
+            for key in keys:
+                path = top.joinpath(*PurePosixPath(key).parts)
+                try:
+                    st = path.stat()
+                except FileNotFoundError:  # deleted since the walk, as a LIST would not show it
+                    continue
+                try:
+                    meta = json.loads(self._sidecar(path).read_text())
+                except (FileNotFoundError, ValueError):
+                    meta = {}
+                fresh = isinstance(meta, dict) and meta.get("size") == st.st_size
+                etag = meta.get("md5") if fresh else None
+                page.append(ListedObject(key, st.st_size, etag, st.st_mtime))
+            return page
+
+        keys = await self._run(f"list {prefix}", walk)
+        step = max(1, min(LIST_PAGE, max_keys))
+        for at in range(0, max(1, len(keys)), step):  # an empty listing is one empty page
+            page = await self._run(f"list {prefix}", partial(stat_page, keys[at : at + step]))
+            if on_page is not None:
+                on_page(len(page))
+            for entry in page:
+                yield entry
 
     async def delete(self, key: Key) -> None:
         target = self.path_for(key)
