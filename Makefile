@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test soak check install dev clean bench
+.PHONY: run test soak check install dev clean bench browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,22 @@ dev: $(VENV)/.installed-dev
 run: install
 	$(BIN)/tr-vault serve
 
-test: dev
+test: dev browser
 	$(BIN)/pytest
+
+# The web page's browser tests drive Debian's Chromium (Playwright cannot download its own
+# here). Installed where it is missing, we are root and apt-get is there (CI, the dev machines);
+# elsewhere the tests skip and say why. A failed install fails the target.
+# (the path tests/browser.py launches)
+CHROMIUM := /usr/bin/chromium
+browser:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "make browser: installing Debian's chromium (for the web page's browser tests)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "make browser: $(CHROMIUM) is missing and cannot be installed here (needs root and apt-get): the browser tests will skip"; \
+	fi
 
 # Long profiles of the tests marked `soak` (the short ones run in `make test`); docs/reliability.md.
 # The faulthandler dump at 120 s (pyproject) would fire in every long run: it is moved out of the way.

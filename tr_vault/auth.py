@@ -13,6 +13,7 @@ never matched, so they cannot widen a key. `KEY:11|metro` names both forms of on
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -87,12 +88,16 @@ class ApiKeys:
         if not key or not self.entries:
             return None
         given = key.encode()
+        return self.scope_matching(lambda entry: hmac.compare_digest(given, entry.encode()))
+
+    def scope_matching(self, matches: Callable[[str], bool]) -> Scope | None:
+        """What the keys for which `matches(key)` is true may reach together, or None when
+        there is none. Every entry is tried, so timing does not tell which one matched."""
         matched = False
         systems: set[str] = set()
         every = False
         for entry in self.entries:
-            # Compare against every entry so timing does not tell which key was close.
-            if hmac.compare_digest(given, entry.key.encode()):
+            if matches(entry.key):
                 matched = True
                 if entry.systems is None:
                     every = True

@@ -219,7 +219,18 @@ def test_a_wheel_installed_in_a_fresh_venv_serves_an_upload(tmp_path: Path) -> N
                 headers={"Content-Type": content_type},
                 timeout=deadline.left(),
             )
+            # The web page ships as package data (tr_vault/web/static), not only in the tree.
+            page = client.get(f"{base}/", timeout=deadline.left())
+            script = client.get(f"{base}/static/app.js", timeout=deadline.left())
         assert (response.status_code, response.text) == (200, SUCCESS), server_log()
+        assert (page.status_code, page.headers["content-type"]) == (
+            200,
+            "text/html; charset=utf-8",
+        ), server_log()
+        assert '<script src="/static/app.js"' in page.text
+        assert "script-src 'self'" in page.headers["content-security-policy"]
+        assert script.status_code == 200, server_log()
+        assert "/api/calls" in script.text
     finally:
         if server.poll() is None:
             os.kill(server.pid, signal.SIGTERM)
