@@ -7,8 +7,14 @@ journal must not recover or checkpoint it, or it would hide what the next start 
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import socket
 import sqlite3
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +86,40 @@ async def wait_healthy(url: str, process: trio.Process, log: Path) -> None:
                 except httpx.TransportError:
                     pass
                 await trio.sleep(0.05)
+
+
+@asynccontextmanager
+async def serve_process(
+    env: Mapping[str, str],
+    *,
+    cwd: Path,
+    stderr: Path,
+    stdout: Path | None = None,
+    argv: Sequence[str] = (sys.executable, "-m", "tr_vault", "serve"),
+) -> AsyncIterator[trio.Process]:
+    """`tr-vault serve` as a child with exactly `env` (plus PATH), its stderr in `stderr` and
+    stdout in `stdout` (default: with stderr), healthy once entered. On the way out: SIGTERM,
+    and SIGKILL if it has not exited 15 s later; the caller checks `returncode`."""
+    full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
+    host, _, port = full_env["TR_VAULT_LISTEN"].rpartition(":")
+    with open(stderr, "wb") as err, open(stdout or os.devnull, "wb") as out:
+        process = await trio.lowlevel.open_process(
+            list(argv),
+            env=full_env,
+            cwd=cwd,  # no .env of the developer's is read
+            stdin=subprocess.DEVNULL,
+            stdout=out if stdout is not None else err,
+            stderr=err,
+        )
+    try:
+        await wait_healthy(f"http://{host}:{port}", process, stderr)
+        yield process
+    finally:
+        with trio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+                with trio.move_on_after(15):
+                    await process.wait()
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
