@@ -12,6 +12,7 @@ import secrets
 import signal
 from collections.abc import Awaitable, Callable
 from functools import partial
+from pathlib import Path
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -24,6 +25,8 @@ from tr_vault.intake.store import Intake
 from tr_vault.journal import Journal, recorded_keys, set_store_health, unfinished_of_other_sites
 from tr_vault.lock import hold_data_dir
 from tr_vault.metrics import Metrics
+from tr_vault.replica import HEALTH_NAME as REPLICA_HEALTH
+from tr_vault.replica import Replica, ReplicaStatus, find_litestream
 from tr_vault.services.pruner import PrunePolicy, Pruner, PruneReport
 from tr_vault.services.reconciler import run_reconciler
 from tr_vault.services.store_health import (
@@ -38,6 +41,7 @@ from tr_vault.storage.base import ObjectStore
 from tr_vault.timefmt import WallClock, system_clock
 from tr_vault.verify import Verifier, VerifyLoop, VerifyReport
 from tr_vault.web import hypercorn_patch
+from tr_vault.web.accesslog import AccessLog, ASGIApp
 from tr_vault.web.app import CollapseSlashes, create_app
 from tr_vault.web.context import WebContext
 from tr_vault.web.hosts import AllowedHosts
@@ -61,6 +65,7 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
     # A request's body waits in this many chunks (64 KiB each) at most: when the handler does
     # not read (no upload slot yet), hypercorn stops reading the socket.
     config.max_app_queue_size = APP_QUEUE_CHUNKS
+    # No line per request (TR_VAULT_ACCESS_LOG adds tr_vault's own: web/accesslog.py).
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     return config
@@ -156,6 +161,38 @@ def store_health(
     )
 
 
+def journal_replica(
+    settings: Settings,
+    litestream: Path | None,
+    journal: Journal,
+    clock: WallClock,
+    metrics: Metrics,
+) -> Replica | None:
+    """Litestream replicating the journal into the bucket (TR_VAULT_JOURNAL_REPLICA), its
+    changes of state kept in the journal (`store_health`, name `replica`)."""
+    if litestream is None:
+        return None
+
+    async def record(status: ReplicaStatus) -> None:
+        await journal.call(
+            set_store_health,
+            REPLICA_HEALTH,
+            status.state.value,
+            status.since,
+            status.last_sync_at,
+            status.journal_error,
+            status.code,
+        )
+
+    return Replica.from_settings(
+        settings,
+        binary=litestream,
+        clock=clock,
+        on_change=record,
+        on_restart=metrics.replica_restarts.inc,
+    )
+
+
 async def recover_cache(cache: AudioCache, journal: Journal) -> None:
     """Clean up after a crash mid-upload: temp files go, and so does a file linked under its
     key whose row was never committed (nothing was acknowledged for it)."""
@@ -203,6 +240,7 @@ async def serve(
     `store` overrides the store the settings describe (tests use it).
     """
     settings.check_exposure()  # also for settings not made by load_settings
+    settings.check_replica()
     shutdown = shutdown if shutdown is not None else trio.Event()
     with hold_data_dir(settings.data_dir):
         await _serve_locked(settings, shutdown, clock, store, handle_signals, task_status)
@@ -217,123 +255,135 @@ async def _serve_locked(
     task_status: trio.TaskStatus[list[str]],
 ) -> None:
     run_id = secrets.token_hex(4)  # claims by workers of this run are `{run_id}:w{n}`
+    litestream = find_litestream(settings.litestream_bin) if settings.journal_replica else None
     if store is None:
         store = open_store(settings)
     journal = await Journal.open(settings.db_path, clock=clock, site=settings.site_name)
-    try:
-        cache = AudioCache(settings.audio_dir)
-        await recover_cache(cache, journal)
-        await warn_of_other_sites(journal)
-        metrics = Metrics()
-        health = uploader = pruner = None
-        if store is not None:
-            health = store_health(store, settings, journal, clock)
-            uploader = Uploader(
-                journal,
-                cache,
-                store,
-                upload_policy(settings),
-                health=health,
-                run_id=run_id,
-                metrics=metrics,
-            )
-            pruner = Pruner(
-                journal,
-                cache,
-                store,
-                prune_policy(settings),
-                health=health,
-                wake_uploader=uploader.wake,
-                metrics=metrics,
-            )
-        intake = Intake(
-            journal,
-            cache,
-            initial_state="pending" if uploader else "done",
-            on_stored=_after_store(uploader, sync=settings.sync_upload),
-        )
-        ctx = WebContext(
-            settings=settings,
-            journal=journal,
-            cache=cache,
-            intake=intake,
-            metrics=metrics,
-            store=store,
-            health=health,
-        )
-        slots = UploadSlots(settings.max_inflight_uploads, settings.uploads_per_client)
-        asgi = CollapseSlashes(
-            AllowedHosts(UploadRoutes(ctx, create_app(ctx), slots), settings.host_allowed)
-        )
-        async with trio.open_nursery() as nursery:
-            if handle_signals:
-                nursery.start_soon(_stop_on_signal, shutdown)
-            uploads_done = trio.Event()
-            if health is not None:
-                await nursery.start(health.run)  # never fatal: a down store is a state
-            if uploader is not None:
-                await nursery.start(
-                    partial(
-                        run_reconciler,
-                        journal,
-                        run_id=run_id,
-                        interval=settings.reconcile_interval,
-                        wake=uploader.wake,
-                        max_attempts=settings.upload_max_attempts,
-                        failed_retry_in=settings.failed_retry_interval,
-                    )
-                )
-
-                async def run_uploads(*, task_status: trio.TaskStatus[None]) -> None:
-                    try:
-                        await uploader.run(task_status=task_status)
-                    finally:
-                        uploads_done.set()
-
-                await nursery.start(run_uploads)
-            if pruner is not None and pruner.enabled:
-                await nursery.start(pruner.run)
-            if store is not None and settings.verify_interval > 0:
-                await nursery.start(
-                    verify_loop(settings, journal, cache, store, health, metrics).run
-                )
-            if uploader is None:
-                uploads_done.set()
-            http_done = trio.Event()
-
-            async def run_http(*, task_status: trio.TaskStatus[list[str]]) -> None:
-                try:
-                    await hypercorn_serve(
-                        asgi,
-                        hypercorn_config(settings),
-                        shutdown_trigger=shutdown.wait,
-                        task_status=task_status,
-                    )
-                finally:
-                    http_done.set()
-
-            binds: list[str] = await nursery.start(run_http)
-            log.info(
-                "tr_vault listening on %s mode=%s data_dir=%s store=%s",
-                " ".join(binds),
-                settings.storage_mode.value,
-                settings.data_dir,
-                health.status.state.value if health else "none",
-            )
-            task_status.started(binds)
-            await http_done.wait()
-            # Intake is closed; uploads in hand get the grace period, the rest stay pending.
-            if uploader is not None:
-                uploader.stop()
-            with trio.move_on_after(settings.shutdown_grace):
-                await uploads_done.wait()
-            nursery.cancel_scope.cancel()
-    finally:
-        with trio.CancelScope(shield=True):
+    # Litestream outlives the journal's connection: it is stopped only once the journal is
+    # closed, so that its final sync carries the last commit and no checkpoint-on-close
+    # resets the WAL under it (that would cost a full snapshot at the next start).
+    async with trio.open_nursery() as replica_nursery:
+        try:
+            cache = AudioCache(settings.audio_dir)
+            await recover_cache(cache, journal)
+            await warn_of_other_sites(journal)
+            metrics = Metrics()
+            replica = journal_replica(settings, litestream, journal, clock, metrics)
+            if replica is not None:
+                await replica_nursery.start(replica.run)  # never fatal: a dead child is a state
+            health = uploader = pruner = None
             if store is not None:
-                await store.aclose()
-            await journal.close()
-        log.info("tr_vault stopped")
+                health = store_health(store, settings, journal, clock)
+                uploader = Uploader(
+                    journal,
+                    cache,
+                    store,
+                    upload_policy(settings),
+                    health=health,
+                    run_id=run_id,
+                    metrics=metrics,
+                )
+                pruner = Pruner(
+                    journal,
+                    cache,
+                    store,
+                    prune_policy(settings),
+                    health=health,
+                    wake_uploader=uploader.wake,
+                    metrics=metrics,
+                )
+            intake = Intake(
+                journal,
+                cache,
+                initial_state="pending" if uploader else "done",
+                on_stored=_after_store(uploader, sync=settings.sync_upload),
+            )
+            ctx = WebContext(
+                settings=settings,
+                journal=journal,
+                cache=cache,
+                intake=intake,
+                metrics=metrics,
+                store=store,
+                health=health,
+                replica=replica,
+            )
+            slots = UploadSlots(settings.max_inflight_uploads, settings.uploads_per_client)
+            asgi: ASGIApp = CollapseSlashes(
+                AllowedHosts(UploadRoutes(ctx, create_app(ctx), slots), settings.host_allowed)
+            )
+            if settings.access_log:
+                asgi = AccessLog(asgi, settings.proxies)
+            async with trio.open_nursery() as nursery:
+                if handle_signals:
+                    nursery.start_soon(_stop_on_signal, shutdown)
+                uploads_done = trio.Event()
+                if health is not None:
+                    await nursery.start(health.run)  # never fatal: a down store is a state
+                if uploader is not None:
+                    await nursery.start(
+                        partial(
+                            run_reconciler,
+                            journal,
+                            run_id=run_id,
+                            interval=settings.reconcile_interval,
+                            wake=uploader.wake,
+                            max_attempts=settings.upload_max_attempts,
+                            failed_retry_in=settings.failed_retry_interval,
+                        )
+                    )
+
+                    async def run_uploads(*, task_status: trio.TaskStatus[None]) -> None:
+                        try:
+                            await uploader.run(task_status=task_status)
+                        finally:
+                            uploads_done.set()
+
+                    await nursery.start(run_uploads)
+                if pruner is not None and pruner.enabled:
+                    await nursery.start(pruner.run)
+                if store is not None and settings.verify_interval > 0:
+                    await nursery.start(
+                        verify_loop(settings, journal, cache, store, health, metrics).run
+                    )
+                if uploader is None:
+                    uploads_done.set()
+                http_done = trio.Event()
+
+                async def run_http(*, task_status: trio.TaskStatus[list[str]]) -> None:
+                    try:
+                        await hypercorn_serve(
+                            asgi,
+                            hypercorn_config(settings),
+                            shutdown_trigger=shutdown.wait,
+                            task_status=task_status,
+                        )
+                    finally:
+                        http_done.set()
+
+                binds: list[str] = await nursery.start(run_http)
+                log.info(
+                    "tr_vault listening on %s mode=%s data_dir=%s store=%s",
+                    " ".join(binds),
+                    settings.storage_mode.value,
+                    settings.data_dir,
+                    health.status.state.value if health else "none",
+                )
+                task_status.started(binds)
+                await http_done.wait()
+                # Intake is closed; uploads in hand get the grace period, the rest stay pending.
+                if uploader is not None:
+                    uploader.stop()
+                with trio.move_on_after(settings.shutdown_grace):
+                    await uploads_done.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                if store is not None:
+                    await store.aclose()
+                await journal.close()
+            log.info("tr_vault stopped")
+        replica_nursery.cancel_scope.cancel()
 
 
 async def prune_once(settings: Settings, *, dry_run: bool) -> PruneReport:

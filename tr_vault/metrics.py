@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 if TYPE_CHECKING:
+    from tr_vault.replica import ReplicaStatus
     from tr_vault.services.store_health import StoreStatus
 
 UPLOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -85,6 +86,22 @@ class Metrics:
             "When the store's state (up or down) last changed, Unix time.",
             registry=r,
         )
+        self.replica_up = Gauge(
+            "tr_vault_replica_up",
+            "1 while Litestream runs and syncs the journal to the bucket, else 0"
+            " (only with TR_VAULT_JOURNAL_REPLICA).",
+            registry=r,
+        )
+        self.replica_restarts = Counter(
+            "tr_vault_replica_restarts",
+            "Times the journal's Litestream child was restarted after it died.",
+            registry=r,
+        )
+        self.replica_last_sync = Gauge(
+            "tr_vault_replica_last_sync_timestamp_seconds",
+            "When Litestream last heard back from the bucket successfully, Unix time.",
+            registry=r,
+        )
 
     def render(
         self,
@@ -94,6 +111,7 @@ class Metrics:
         cached_bytes: int,
         lost: int = 0,
         store: StoreStatus | None = None,
+        replica: ReplicaStatus | None = None,
     ) -> bytes:
         self.calls_pending.set(pending)
         self.calls_failed.set(failed)
@@ -102,4 +120,8 @@ class Metrics:
         if store is not None:
             self.store_up.set(1 if store.state.value == "up" else 0)
             self.store_since.set(store.since)
+        if replica is not None:
+            self.replica_up.set(1 if replica.state.value == "up" else 0)
+            if replica.last_sync_at is not None:
+                self.replica_last_sync.set(replica.last_sync_at)
         return generate_latest(self.registry)

@@ -1,5 +1,5 @@
-"""Progress of a long bulk command (`verify`, `rebuild`): a rich bar on a terminal, plain lines
-otherwise, and a summary table at the end.
+"""Progress of a long bulk command (`verify`, `rebuild`, `import`): a rich bar on a terminal,
+plain lines otherwise, and a summary table at the end.
 
 A pass over ten thousand objects takes minutes; the operator watching it wants counts and a
 rate, and a log file or a cron mail wants a line every few seconds, not terminal escapes.
@@ -37,6 +37,7 @@ class Tally:
         self.total = total
         self.counts: Counter[str] = Counter()
         self.done = 0
+        self.bytes = 0  # bytes read so far, for commands that move audio (`import`)
         self.started = time.monotonic()
         self._stream = stream if stream is not None else sys.stderr
         self._progress: Progress | None = None
@@ -57,12 +58,18 @@ class Tally:
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, total=total)
 
-    def advance(self, outcome: str) -> None:
-        self.done += 1
+    def advance(self, outcome: str, *, nbytes: int = 0, items: int = 1) -> None:
+        """Count one item (`items=0`: an outcome that is not one of the `total`, e.g. a stray
+        file beside the calls) and the `nbytes` it took."""
+        self.done += items
         self.counts[outcome] += 1
+        self.bytes += nbytes
         if self._progress is not None and self._task is not None:
             self._progress.update(
-                self._task, advance=1, counts=self._counts_text(), rate=f"{self.rate:.0f}/s"
+                self._task,
+                advance=items,
+                counts=self._counts_text(),
+                rate=f"{self.rate:.0f}/s{self._bytes_text()}",
             )
             return
         now = time.monotonic()
@@ -73,7 +80,18 @@ class Tally:
 
     def line(self) -> str:
         of = f"/{self.total}" if self.total is not None else ""
-        return f"{self.what}: {self.done}{of} {self._counts_text()} ({self.rate:.0f}/s)"
+        return (
+            f"{self.what}: {self.done}{of} {self._counts_text()}"
+            f" ({self.rate:.0f}/s{self._bytes_text()})"
+        )
+
+    def _bytes_text(self) -> str:
+        """`, 12.3 MB at 4.5 MB/s` once bytes are counted, else nothing."""
+        if not self.bytes:
+            return ""
+        elapsed = self.elapsed
+        per_second = self.bytes / elapsed if elapsed > 0 else 0.0
+        return f", {self.bytes / 1e6:.1f} MB at {per_second / 1e6:.1f} MB/s"
 
     def _counts_text(self) -> str:
         return " ".join(f"{k}={v}" for k, v in sorted(self.counts.items()))

@@ -10,6 +10,7 @@ import click
 
 from tr_vault.config import Settings
 from tr_vault.journal import call_events, connect, failed_calls, get_call, retry, status_summary
+from tr_vault.restore import RestoreReport
 from tr_vault.services.pruner import PruneReport
 from tr_vault.timefmt import system_clock
 
@@ -46,6 +47,15 @@ def print_status(settings: Settings, *, as_json: bool) -> None:
         if store["state"] != "up" and store["last_error"]:
             line += f": {store['last_error']}"
         click.echo(line + f" (last probe {store['checked_at'] or 'never'})")
+    replica = summary.get("replica")
+    if replica is not None:
+        line = f" replica: litestream {replica['state'].upper()} since {replica['since']}"
+        if replica["state"] != "up" and replica["last_error"]:
+            line += f": {replica['last_error']}"
+        line += f" (last sync {replica['checked_at'] or 'never'})"
+        if not settings.journal_replica:
+            line += "; TR_VAULT_JOURNAL_REPLICA is off now"
+        click.echo(line)
     for state, v in summary["states"].items():
         click.echo(f"{state:>8}: {v['calls']} calls, {v['bytes']} bytes")
     cached = summary["cached"]
@@ -114,3 +124,27 @@ def print_prune(report: PruneReport) -> None:
         f" keep {report.count('keep')}, re-upload {report.count('reupload')}"
         + ("" if report.finished else "; the pass hit its deadline")
     )
+
+
+def print_restore(report: RestoreReport, *, this_site: str) -> None:
+    click.echo(
+        f"restored the journal of site {report.site!r} from {report.source} into"
+        f" {report.db_path}: {report.calls} calls"
+    )
+    for state, n in report.states.items():
+        click.echo(f"{state:>8}: {n} calls")
+    click.echo(
+        f"uncached: {report.uncached} calls had no file in this machine's cache (a done call"
+        " plays from S3)"
+    )
+    if report.lost:
+        click.echo(
+            f"    lost: {report.lost} pending or failed calls had no audio here and were never"
+            " uploaded: now `lost` (tr-vault audit --lost)"
+        )
+    if report.site != this_site:
+        click.echo(
+            f"note: this node is site {this_site!r}: set TR_VAULT_SITE={report.site} to carry on"
+            f" as that site (upload and prune its calls, replicate to its journal/{report.site}/)"
+        )
+    click.echo("next: tr-vault serve")

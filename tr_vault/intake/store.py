@@ -102,11 +102,27 @@ class Intake:
                 await self.cache.remove(audio.key)
                 raise
             if isinstance(result, Inserted):
-                log.info("stored call_id=%d key=%s size=%d", result.call_id, audio.key, audio.size)
+                log.info(
+                    "call received id=%d system=%s talkgroup=%d bytes=%d protocol=%s key=%s",
+                    result.call_id,
+                    meta.key_system,
+                    meta.talkgroup,
+                    audio.size,
+                    meta.protocol,
+                    audio.key,
+                )
                 return Accepted(result.call_id, audio.key, duplicate=False)
             if isinstance(result, Duplicate):
                 await self.cache.remove(audio.key)
-                log.info("duplicate call_id=%d key=%s", result.call_id, result.key)
+                log.info(
+                    "call duplicate id=%d system=%s talkgroup=%d bytes=%d protocol=%s key=%s",
+                    result.call_id,
+                    meta.key_system,
+                    meta.talkgroup,
+                    audio.size,
+                    meta.protocol,
+                    result.key,
+                )
                 return Accepted(result.call_id, result.key, duplicate=True)
             assert isinstance(result, KeyTaken)
             # A row holds the name although its file is gone (pruned): take the next one.

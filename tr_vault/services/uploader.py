@@ -274,8 +274,9 @@ class Uploader:
             await self._failed(job, worker, f"unexpected {type(exc).__name__}: {exc}")
         else:
             self._count("ok")
+            seconds = trio.current_time() - started
             if self.metrics:
-                self.metrics.upload_seconds.observe(trio.current_time() - started)
+                self.metrics.upload_seconds.observe(seconds)
             evict = self.policy.evict_after_upload
             if not await self.journal.upload_done(
                 job.id,
@@ -291,11 +292,12 @@ class Uploader:
             if evict:  # after the journal says so: a crash in between leaves a stray file
                 await self.cache.remove(job.key)
             log.info(
-                "uploaded call_id=%d key=%s object=%s etag=%s",
+                "call uploaded id=%d key=%s bytes=%d seconds=%.2f attempt=%d",
                 job.id,
-                job.key,
                 uploaded.ref.key,
-                uploaded.etag,
+                job.size,
+                seconds,
+                job.attempts + 1,
             )
             return True
         return False
@@ -426,7 +428,7 @@ class Uploader:
         if state == "failed" and self.metrics:
             self.metrics.upload_failures.inc()
         log.warning(
-            "upload failed call_id=%d key=%s attempt=%d state=%s retry_in=%.1fs error=%s",
+            "call upload failed id=%d key=%s attempt=%d state=%s retry_in=%.1fs error=%s",
             job.id,
             job.key,
             job.attempts + 1,

@@ -13,12 +13,15 @@ from werkzeug.exceptions import HTTPException
 from tr_vault.web.calls import JSON_PATHS, calls_blueprint
 from tr_vault.web.context import WebContext
 from tr_vault.web.health import health_blueprint
+from tr_vault.web.page import PAGE_ENDPOINT, page_blueprint, page_headers
 
 _SLASHES = re.compile(r"/{2,}")
 
 # On every answer of the quart app, whatever route (or error handler) made it: no browser may
 # sniff a body into something it renders, and none may run anything from it (a recording, a
 # JSON body, a text that echoes a client's value): no scripts, no subresources, no origin.
+# The one exception is the web page's own document (`/`), whose policy allows its own script
+# and style and nothing else (tr_vault.web.page).
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Content-Security-Policy": "default-src 'none'; sandbox",
@@ -30,6 +33,8 @@ def create_app(ctx: WebContext) -> QuartTrio:
     app = QuartTrio("tr_vault")
     app.register_blueprint(health_blueprint(ctx))
     app.register_blueprint(calls_blueprint(ctx))
+    app.register_blueprint(page_blueprint())
+    for_the_page = page_headers(ctx.settings)
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response | HTTPException:
@@ -47,6 +52,8 @@ def create_app(ctx: WebContext) -> QuartTrio:
     @app.after_request
     async def security_headers(response: Response) -> Response:
         response.headers.update(SECURITY_HEADERS)
+        if request.endpoint == PAGE_ENDPOINT and response.status_code in (200, 304):
+            response.headers.update(for_the_page)
         return response
 
     return app

@@ -5,7 +5,10 @@ presigned S3 URL. Who may read (README "Security"): with TR_VAULT_READ_KEYS set,
 with none set, anyone when the server is private (loopback, not `TR_VAULT_PUBLIC`, no trusted
 proxy) or told `TR_VAULT_ALLOW_ANONYMOUS`, otherwise an upload key. A scoped key
 (`KEY:11|metro`) sees only calls whose `system` is in its scope: the listing, one call, its
-audio (another system's call is a 404, as if it did not exist) and the summary's counts.
+audio (another system's call is a 404, as if it did not exist) and the summary's counts. The
+audio also takes a playback token (`?token=`, tr_vault.web.playback) that
+`POST /api/calls/{id}/playback` mints for the key in its header: a player's `<audio src>`
+cannot send the header, and the key itself never goes into a URL the web page makes.
 
 Every parameter is parsed as ASCII and range-checked here: a bad one is a 400 with a JSON error
 that starts with its name.
@@ -17,6 +20,7 @@ import base64
 import binascii
 import json
 import re
+import time
 from dataclasses import asdict
 from pathlib import PurePosixPath
 from typing import Any
@@ -30,6 +34,7 @@ from tr_vault.intake import fields as f
 from tr_vault.journal import CallFilter
 from tr_vault.storage.base import call_object
 from tr_vault.timefmt import from_db
+from tr_vault.web import playback
 from tr_vault.web.context import WebContext
 
 MAX_LIMIT = 500
@@ -154,16 +159,38 @@ def calls_blueprint(ctx: WebContext) -> Blueprint:
     async def read_error(exc: ReadError) -> tuple[Response, int]:
         return jsonify(error=exc.message), exc.status
 
+    def request_key() -> str | None:
+        """The key the request carries: `Authorization: Bearer KEY`, else `?key=KEY`."""
+        auth = request.headers.get("Authorization", "")
+        key = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else None
+        return key or request.args.get("key")
+
     def read_scope() -> Scope:
         """What this request may read; 401 without a key that may read."""
         if settings.open_reads:
             return EVERY_SYSTEM
-        auth = request.headers.get("Authorization", "")
-        key = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else None
-        scope = readers.scope(key or request.args.get("key"))
+        scope = readers.scope(request_key())
+        token = request.args.get("token")
+        if scope is None and token is not None and request.endpoint == AUDIO_ENDPOINT:
+            scope = token_scope(token)
+            if scope is None:
+                raise ReadError(
+                    401,
+                    "token: expired or not valid for this call: ask"
+                    " POST /api/calls/{id}/playback (with the key) for a new link",
+                )
         if scope is None:  # an unknown key, or no key configured at all: nothing is open
             raise ReadError(401, "a read key is required: 'Authorization: Bearer KEY' or ?key=KEY")
         return scope
+
+    def token_scope(token: str) -> Scope | None:
+        """The scope of a playback token (tr_vault.web.playback) for the call in the path."""
+        raw_id = (request.view_args or {}).get("call_id", "")
+        try:
+            call_id = parse_id("id", raw_id, "a call id")
+        except ReadError:
+            return None
+        return playback.token_scope(readers, token, call_id, time.time())
 
     @bp.before_request
     async def check_reader() -> None:
@@ -221,6 +248,21 @@ def calls_blueprint(ctx: WebContext) -> Blueprint:
         events = await ctx.journal.events(row.id)
         return jsonify(call=call_json(row), events=[asdict(e) for e in events])
 
+    @bp.post("/api/calls/<call_id>/playback")
+    async def playback_link(call_id: str) -> Response:
+        """A link to the call's audio for players that cannot send the key (an `<audio src>`):
+        with keys, the audio URL with a short-lived token signed by the request's key."""
+        row = await visible_call(call_id)
+        url = f"/api/calls/{row.id}/audio"
+        key = None if settings.open_reads else request_key()
+        if key is None:  # open reads: the plain URL plays
+            response = jsonify(url=url, expires_in=None)
+        else:
+            token = playback.mint(key, row.id, time.time())
+            response = jsonify(url=f"{url}?token={token}", expires_in=playback.TOKEN_TTL)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
     @bp.get("/api/calls/<call_id>/audio")
     async def audio(call_id: str) -> Response:
         row = await visible_call(call_id)
@@ -260,6 +302,8 @@ def calls_blueprint(ctx: WebContext) -> Blueprint:
         s = await ctx.journal.summary(scope().systems)
         if ctx.health is not None:  # the live state; the journal's copy may lag a probe
             s["store"] = ctx.health.status.as_dict()
+        if ctx.replica is not None:  # likewise for the journal's replica
+            s["replica"] = ctx.replica.status.as_dict()
         return jsonify(s)
 
     @bp.get("/metrics")
@@ -271,6 +315,7 @@ def calls_blueprint(ctx: WebContext) -> Blueprint:
             lost=s["states"]["lost"]["calls"],
             cached_bytes=s["cached"]["bytes"],
             store=ctx.health.status if ctx.health is not None else None,
+            replica=ctx.replica.status if ctx.replica is not None else None,
         )
         return Response(body, content_type="text/plain; version=0.0.4; charset=utf-8")
 

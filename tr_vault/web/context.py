@@ -9,6 +9,7 @@ from tr_vault.config import Settings
 from tr_vault.intake.store import Intake
 from tr_vault.journal import Journal
 from tr_vault.metrics import Metrics
+from tr_vault.replica import Replica
 from tr_vault.services.store_health import StoreHealth
 from tr_vault.storage.base import ObjectStore
 
@@ -22,3 +23,4 @@ class WebContext:
     metrics: Metrics
     store: ObjectStore | None = None
     health: StoreHealth | None = None
+    replica: Replica | None = None  # the journal's replica (TR_VAULT_JOURNAL_REPLICA)

@@ -32,7 +32,12 @@ def health_blueprint(ctx: WebContext) -> Blueprint:
         except OSError as exc:
             checks["audio_dir"] = f"error: {exc.strerror or exc}"
         ready = all(v == "ok" for v in checks.values())
-        return jsonify(ready=ready, checks=checks), 200 if ready else 503
+        if ctx.replica is None:
+            return jsonify(ready=ready, checks=checks), 200 if ready else 503
+        # Reported, never a reason to refuse traffic: calls are journaled either way, and the
+        # replica catches up once it works again.
+        replica = ctx.replica.status.as_dict()
+        return jsonify(ready=ready, checks=checks, replica=replica), 200 if ready else 503
 
     return bp
 
