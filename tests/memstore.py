@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,6 +127,17 @@ class MemoryStore:
         if obj is None:
             raise ObjectNotFound(f"get {key}: 404", status=404)
         return obj.data
+
+    @asynccontextmanager
+    async def open_stream(self, key: Key) -> AsyncGenerator[AsyncIterator[bytes], None]:
+        data = await self.get(key)
+
+        async def chunks() -> AsyncGenerator[bytes, None]:
+            for start in range(0, len(data), 65536):
+                await trio.lowlevel.checkpoint()
+                yield data[start : start + 65536]
+
+        yield chunks()
 
     async def list_objects(
         self,

@@ -164,3 +164,58 @@ def trunk_recorder_meta_upload(
         Part("system", "11"),
         Part("key", key),
     ]  # fmt: skip
+
+
+# trunk-recorder's broadcastify_uploader sends `call_json.dump()`: nlohmann's ordered_json,
+# compact, in the sidecar's key order, UTF-8 unescaped.
+BCFY_CALL_JSON = json.dumps(TR_META, separators=(",", ":"), ensure_ascii=False)
+# The name tr_vault files it under: trunk-recorder's, but `-call_{n}` only once the JSON has a
+# `call_num` (v5.2+); `.0` is the TDMA slot.
+BCFY_AUDIO_NAME = "9131-1764001234_851012500.0.m4a"
+TR_USER_AGENT = "TrunkRecorder1.0"
+
+
+def broadcastify_trunk_recorder(
+    *,
+    api_key: str = "tr-key",
+    system_id: str = "1234",
+    call_json: str = BCFY_CALL_JSON,
+    call_duration: str = "4.870000",
+    src_alias: str | None = None,
+) -> list[Part]:
+    """broadcastify_uploader's metadata POST, part for part: the call JSON as a file part,
+    `callDuration` (`std::to_string` of a double), `systemId`, `apiKey`, and `srcId_alias` when
+    `broadcastifyOTA` has one."""
+    parts = [
+        Part("metadata", call_json, filename="call_meta.json", content_type="application/json"),
+        Part("callDuration", call_duration),
+        Part("systemId", system_id),
+        Part("apiKey", api_key),
+    ]
+    if src_alias is not None:
+        parts.append(Part("srcId_alias", src_alias))
+    return parts
+
+
+def curl_post(host: str, path: str, parts: list[Part]) -> bytes:
+    """A multipart POST as libcurl writes it with the plugin's options (its user agent, no
+    `Expect`): Content-Length before Content-Type."""
+    body, content_type = multipart(parts)
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {TR_USER_AGENT}\r\n"
+        f"Accept: */*\r\nContent-Length: {len(body)}\r\nContent-Type: {content_type}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def curl_put(host: str, path: str, audio: bytes, *, length: int | None = None) -> bytes:
+    """broadcastify_uploader's PUT of the m4a (CURLOPT_UPLOAD with the file's size): the
+    `Content-Type: audio/aac` it sets, no `Expect`, no chunked encoding. `length=-1` leaves
+    the Content-Length out (no recorder does; for the 411)."""
+    declared = len(audio) if length is None else length
+    size = f"Content-Length: {declared}\r\n" if declared >= 0 else ""
+    head = (
+        f"PUT {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {TR_USER_AGENT}\r\n"
+        f"Accept: */*\r\nContent-Type: audio/aac\r\n{size}\r\n"
+    )
+    return head.encode() + audio

@@ -21,6 +21,10 @@ from hypercorn.trio import serve as hypercorn_serve
 from tr_vault.cache import AudioCache
 from tr_vault.config import Settings, StorageMode
 from tr_vault.errors import ConfigError
+from tr_vault.forward.base import Destination
+from tr_vault.forward.config import load_destinations
+from tr_vault.forward.senders import SENDERS
+from tr_vault.forward.worker import ForwardPolicy, Relay
 from tr_vault.intake.store import Intake
 from tr_vault.journal import Journal, recorded_keys, set_store_health, unfinished_of_other_sites
 from tr_vault.lock import hold_data_dir
@@ -43,8 +47,10 @@ from tr_vault.verify import Verifier, VerifyLoop, VerifyReport
 from tr_vault.web import hypercorn_patch
 from tr_vault.web.accesslog import AccessLog, ASGIApp
 from tr_vault.web.app import CollapseSlashes, create_app
+from tr_vault.web.broadcastify import BroadcastifyRoutes
 from tr_vault.web.context import WebContext
 from tr_vault.web.hosts import AllowedHosts
+from tr_vault.web.pending import PendingUploads
 from tr_vault.web.slots import UploadSlots
 from tr_vault.web.uploads import UploadRoutes
 
@@ -193,6 +199,41 @@ def journal_replica(
     )
 
 
+def forward_policy(settings: Settings) -> ForwardPolicy:
+    return ForwardPolicy(
+        backoff_base=settings.upload_backoff_base,
+        backoff_max=settings.upload_backoff_max,
+        probe_max=settings.forward_probe_max,
+        misconfigured_retry=settings.forward_misconfigured_retry,
+        presign_expiry=settings.s3_presign_expiry,
+        public_url=settings.public_url,
+    )
+
+
+def relay_for(
+    settings: Settings,
+    destinations: list[Destination],
+    journal: Journal,
+    cache: AudioCache,
+    store: ObjectStore | None,
+    run_id: str,
+    metrics: Metrics,
+) -> Relay | None:
+    """The delivery workers, when TR_VAULT_FORWARD_FILE names destinations."""
+    if not destinations:
+        return None
+    return Relay(
+        journal,
+        cache,
+        store,
+        destinations,
+        SENDERS,
+        forward_policy(settings),
+        run_id=run_id,
+        metrics=metrics,
+    )
+
+
 async def recover_cache(cache: AudioCache, journal: Journal) -> None:
     """Clean up after a crash mid-upload: temp files go, and so does a file linked under its
     key whose row was never committed (nothing was acknowledged for it)."""
@@ -258,6 +299,7 @@ async def _serve_locked(
     litestream = find_litestream(settings.litestream_bin) if settings.journal_replica else None
     if store is None:
         store = open_store(settings)
+    destinations = load_destinations(settings.forward_file)  # a bad file stops start-up here
     journal = await Journal.open(settings.db_path, clock=clock, site=settings.site_name)
     # Litestream outlives the journal's connection: it is stopped only once the journal is
     # closed, so that its final sync carries the last commit and no checkpoint-on-close
@@ -292,11 +334,13 @@ async def _serve_locked(
                     wake_uploader=uploader.wake,
                     metrics=metrics,
                 )
+            relay = relay_for(settings, destinations, journal, cache, store, run_id, metrics)
             intake = Intake(
                 journal,
                 cache,
                 initial_state="pending" if uploader else "done",
-                on_stored=_after_store(uploader, sync=settings.sync_upload),
+                on_stored=_after_store(uploader, sync=settings.sync_upload, relay=relay),
+                destinations=destinations,
             )
             ctx = WebContext(
                 settings=settings,
@@ -307,10 +351,14 @@ async def _serve_locked(
                 store=store,
                 health=health,
                 replica=replica,
+                pending_uploads=PendingUploads.from_settings(settings),
             )
             slots = UploadSlots(settings.max_inflight_uploads, settings.uploads_per_client)
             asgi: ASGIApp = CollapseSlashes(
-                AllowedHosts(UploadRoutes(ctx, create_app(ctx), slots), settings.host_allowed)
+                AllowedHosts(
+                    UploadRoutes(ctx, BroadcastifyRoutes(ctx, create_app(ctx), slots), slots),
+                    settings.host_allowed,
+                )
             )
             if settings.access_log:
                 asgi = AccessLog(asgi, settings.proxies)
@@ -340,6 +388,18 @@ async def _serve_locked(
                             uploads_done.set()
 
                     await nursery.start(run_uploads)
+                relay_done = trio.Event()
+                if relay is not None:
+
+                    async def run_relay(*, task_status: trio.TaskStatus[None]) -> None:
+                        try:
+                            await relay.run(task_status=task_status)
+                        finally:
+                            relay_done.set()
+
+                    await nursery.start(run_relay)
+                else:
+                    relay_done.set()
                 if pruner is not None and pruner.enabled:
                     await nursery.start(pruner.run)
                 if store is not None and settings.verify_interval > 0:
@@ -374,8 +434,11 @@ async def _serve_locked(
                 # Intake is closed; uploads in hand get the grace period, the rest stay pending.
                 if uploader is not None:
                     uploader.stop()
+                if relay is not None:
+                    relay.stop()
                 with trio.move_on_after(settings.shutdown_grace):
                     await uploads_done.wait()
+                    await relay_done.wait()
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
@@ -403,17 +466,22 @@ async def prune_once(settings: Settings, *, dry_run: bool) -> PruneReport:
 
 
 def _after_store(
-    uploader: Uploader | None, *, sync: bool
+    uploader: Uploader | None, *, sync: bool, relay: Relay | None = None
 ) -> Callable[[int], Awaitable[object]] | None:
-    if uploader is None:
+    if uploader is None and relay is None:
         return None
-    if sync:
-        return uploader.upload_now
 
-    async def wake(call_id: int) -> None:
+    async def after(call_id: int) -> object:
+        if relay is not None:
+            relay.wake()
+        if uploader is None:
+            return None
+        if sync:
+            return await uploader.upload_now(call_id)
         uploader.wake()
+        return None
 
-    return wake
+    return after
 
 
 async def _stop_on_signal(shutdown: trio.Event) -> None:

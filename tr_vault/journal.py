@@ -255,17 +255,33 @@ class Journal:
     # -- intake --------------------------------------------------------------------------
 
     async def insert_call(
-        self, meta: CallMeta, audio: StoredAudio, *, state: str, event_detail: str | None = None
+        self,
+        meta: CallMeta,
+        audio: StoredAudio,
+        *,
+        state: str,
+        event_detail: str | None = None,
+        destinations: Sequence[str] = (),
     ) -> InsertResult:
         """Record an upload whose audio is durable under `audio.key`, in one transaction.
 
         Checks for the same call first: the same audio (SHA-256) with the same talkgroup and
         start time to the second, whatever the protocol or the form of the system's name (see
         `identity`). A duplicate gets a `duplicate` event on the existing call and no new row.
+        A new call gets a pending delivery for each of `destinations` in the same commit.
         """
         now = self.clock()
         return await self._run(
-            lambda conn: insert_call(conn, meta, audio, state, now, event_detail, site=self.site)
+            lambda conn: insert_call(
+                conn,
+                meta,
+                audio,
+                state,
+                now,
+                event_detail,
+                site=self.site,
+                destinations=destinations,
+            )
         )
 
     # -- upload workers ------------------------------------------------------------------
@@ -465,10 +481,11 @@ def insert_call(
     detail: str | None,
     *,
     site: str | None = None,
+    destinations: Sequence[str] = (),
 ) -> InsertResult:
     """See `Journal.insert_call`: duplicate check, key check and insert in one transaction."""
     with transaction(conn):
-        return _insert_call(conn, meta, audio, state, to_db(now), detail, site)
+        return _insert_call(conn, meta, audio, state, to_db(now), detail, site, destinations)
 
 
 @dataclass(frozen=True)
@@ -479,6 +496,7 @@ class NewCall:
     meta: CallMeta
     audio: StoredAudio
     detail: str | None
+    destinations: tuple[str, ...] = ()  # forwarding destinations that want the call
 
 
 def insert_calls(
@@ -494,7 +512,10 @@ def insert_calls(
     repeated within the batch is a `Duplicate` of the first."""
     at = to_db(now)
     with transaction(conn):
-        return [_insert_call(conn, c.meta, c.audio, state, at, c.detail, site) for c in calls]
+        return [
+            _insert_call(conn, c.meta, c.audio, state, at, c.detail, site, c.destinations)
+            for c in calls
+        ]
 
 
 @dataclass(frozen=True)
@@ -527,6 +548,7 @@ def _insert_call(
     at: str,
     detail: str | None,
     site: str | None,
+    destinations: Sequence[str] = (),
 ) -> InsertResult:
     """The body of `insert_call`, inside the caller's transaction."""
     dup = conn.execute(IDENTITY_LOOKUP, identity(meta, audio.sha256)).fetchone()
@@ -573,7 +595,22 @@ def _insert_call(
     )
     call_id = int(cur.lastrowid or 0)
     _event(conn, call_id, at, "received", detail)
+    if destinations:
+        add_deliveries(conn, call_id, destinations, at)
     return Inserted(call_id)
+
+
+def add_deliveries(
+    conn: sqlite3.Connection, call_id: int, destinations: Sequence[str], at: str
+) -> int:
+    """Pending deliveries of `call_id` to `destinations` (inside the caller's transaction);
+    one that exists already is left as it is. Returns how many were new."""
+    cur = conn.executemany(
+        "INSERT INTO deliveries (call_id, destination, next_attempt_at, created_at)"
+        " VALUES (?, ?, ?, ?) ON CONFLICT (call_id, destination) DO NOTHING",
+        [(call_id, name, at, at) for name in destinations],
+    )
+    return max(0, cur.rowcount)
 
 
 def recorded_keys(conn: sqlite3.Connection, keys: Sequence[str]) -> set[str]:

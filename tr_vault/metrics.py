@@ -6,7 +6,7 @@ state (pending, failed, cached bytes) are read from the journal at scrape time.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -97,11 +97,43 @@ class Metrics:
             "Times the journal's Litestream child was restarted after it died.",
             registry=r,
         )
+        self.forward_attempts = Counter(
+            "tr_vault_forward_attempts",
+            "Deliveries to forwarding destinations attempted, by destination and outcome.",
+            ["destination", "outcome"],
+            registry=r,
+        )
+        self.forward_deliveries = Gauge(
+            "tr_vault_forward_deliveries",
+            "Deliveries by destination and state (pending, done, failed, skipped).",
+            ["destination", "state"],
+            registry=r,
+        )
+        self.forward_lag = Gauge(
+            "tr_vault_forward_lag_seconds",
+            "Age of the destination's oldest pending delivery (0 when none waits).",
+            ["destination"],
+            registry=r,
+        )
+        self.forward_up = Gauge(
+            "tr_vault_forward_up",
+            "1 while the destination takes calls, 0 while it is down or misconfigured.",
+            ["destination"],
+            registry=r,
+        )
         self.replica_last_sync = Gauge(
             "tr_vault_replica_last_sync_timestamp_seconds",
             "When Litestream last heard back from the bucket successfully, Unix time.",
             registry=r,
         )
+
+    def set_forward(self, destinations: list[dict[str, Any]]) -> None:
+        """The forwarding gauges from the journal's `forward` summary."""
+        for d in destinations:
+            for state, n in d["deliveries"].items():
+                self.forward_deliveries.labels(d["name"], state).set(n)
+            self.forward_lag.labels(d["name"]).set(d["lag_seconds"])
+            self.forward_up.labels(d["name"]).set(1 if d["state"] in ("up", "unknown") else 0)
 
     def render(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import asdict
+from typing import Any
 
 import click
 
@@ -22,6 +23,16 @@ def _open(settings: Settings, *, readonly: bool) -> sqlite3.Connection:
     return connect(path, readonly=readonly)
 
 
+def _forward(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """The relay's destinations, or none on a journal from before forwarding (migration 0007)."""
+    from tr_vault.forward.queue import forward_summary
+
+    try:
+        return forward_summary(conn, system_clock())
+    except sqlite3.OperationalError:
+        return []
+
+
 def retry_calls(settings: Settings, call_ids: list[int] | None) -> list[int]:
     conn = _open(settings, readonly=False)
     try:
@@ -35,6 +46,7 @@ def print_status(settings: Settings, *, as_json: bool) -> None:
     conn = _open(settings, readonly=True)
     try:
         summary = status_summary(conn, system_clock())
+        summary["forward"] = _forward(conn)
     finally:
         conn.close()
     if as_json:
@@ -58,6 +70,11 @@ def print_status(settings: Settings, *, as_json: bool) -> None:
         click.echo(line)
     for state, v in summary["states"].items():
         click.echo(f"{state:>8}: {v['calls']} calls, {v['bytes']} bytes")
+    if summary["forward"]:
+        from tr_vault.forward.cli import format_destination
+
+        for row in summary["forward"]:
+            click.echo(f" forward: {format_destination(row)}")
     cached = summary["cached"]
     click.echo(f"  cached: {cached['calls']} calls, {cached['bytes']} bytes")
     oldest = summary["oldest_pending"]

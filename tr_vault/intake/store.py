@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -17,6 +17,8 @@ import trio
 
 from tr_vault.cache import AudioCache, TempAudio
 from tr_vault.call import CallMeta, StoredAudio
+from tr_vault.forward.base import Destination
+from tr_vault.forward.config import wanted_by
 from tr_vault.intake.fields import safe_name
 from tr_vault.journal import Duplicate, Inserted, Journal, KeyTaken, identity
 from tr_vault.timefmt import utc_date
@@ -55,6 +57,8 @@ class Intake:
 
     `on_stored` is awaited with each new call id after its row is committed: it wakes the
     upload workers, or (sync mode) uploads the call before the answer goes out.
+    `destinations` (TR_VAULT_FORWARD_FILE) get a delivery row of each call their filters
+    want, in the call's own commit.
     """
 
     def __init__(
@@ -64,11 +68,13 @@ class Intake:
         *,
         initial_state: str,
         on_stored: Callable[[int], Awaitable[object]] | None = None,
+        destinations: Sequence[Destination] = (),
     ) -> None:
         self.journal = journal
         self.cache = cache
         self.initial_state = initial_state
         self.on_stored = on_stored
+        self.destinations = tuple(destinations)
 
     async def store(self, meta: CallMeta, temp: TempAudio) -> Accepted:
         with trio.CancelScope(shield=True):
@@ -93,10 +99,15 @@ class Intake:
     ) -> Accepted:
         detail = json.dumps({"protocol": meta.protocol, "notes": list(meta.notes)} if meta.notes
                             else {"protocol": meta.protocol})  # fmt: skip
+        forward = wanted_by(self.destinations, meta) if self.destinations else ()
         while True:
             try:
                 result = await self.journal.insert_call(
-                    meta, audio, state=self.initial_state, event_detail=detail
+                    meta,
+                    audio,
+                    state=self.initial_state,
+                    event_detail=detail,
+                    destinations=forward,
                 )
             except Exception:  # a journal error, or any other: no row points at the file
                 await self.cache.remove(audio.key)

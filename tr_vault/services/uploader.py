@@ -10,7 +10,9 @@ and the workers wait until it is up again; if the probe works, the error was the
 all. Errors about the call (a verification mismatch, a refusal for good, a missing cached file,
 or any unexpected exception) cost one of its attempts, with exponential backoff and jitter;
 after `max_attempts`, or at once when permanent, the row is `failed`. No exception about one
-call ends a worker. Intake only wakes the workers; a lost wake-up costs at most `IDLE_POLL`.
+call ends a worker. Intake only wakes the workers; a lost wake-up costs at most `IDLE_POLL`,
+and an idle worker looks at the journal read-only until a row is due (no claim transaction
+per idle wake-up).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from tr_vault.errors import (
     VerificationError,
 )
 from tr_vault.journal import Journal
+from tr_vault.journal import _next_due_in as next_due_in
 from tr_vault.metrics import Metrics
 from tr_vault.objectmeta import START_TIME as META_START_TIME
 from tr_vault.objectmeta import TALKGROUP, call_metadata, host_site
@@ -202,20 +205,41 @@ class Uploader:
                 await first_of(self.health.wait_up, self._stopping.wait)
                 continue
             wakeup = self._wakeup  # taken before reading, so a wake in between is not missed
+            due_in: float | None = IDLE_POLL
             try:
                 claim = await self.journal.claim_next(worker, lease=self.policy.lease)
                 if claim.job is not None:
                     await self._process(claim.job, worker)
                     continue
-                wait = IDLE_POLL if claim.next_due_in is None else min(claim.next_due_in, IDLE_POLL)
+                due_in = claim.next_due_in
             except JournalError as exc:  # e.g. locked by an operator's long transaction
                 log.warning("upload worker %s: %s; trying again in %.0f s", worker, exc, IDLE_POLL)
-                wait = IDLE_POLL
             except Exception:  # a bug must not take intake down with it
                 log.exception("upload worker %s: unexpected error; going on", worker)
-                wait = IDLE_POLL
+            await self._idle(wakeup, due_in)
+
+    async def _idle(self, wakeup: trio.Event, due_in: float | None) -> None:
+        """Wait for a wake-up or for the next row to fall due, before claiming again.
+
+        Every `IDLE_POLL` a read-only look (no write lock, no claim transaction) checks for
+        rows another process added without waking us (`tr-vault import`); only a due row
+        sends the worker back to claim.
+        """
+        while True:
+            wait = IDLE_POLL if due_in is None else min(due_in, IDLE_POLL)
             with trio.move_on_after(wait):
                 await wakeup.wait()
+                return
+            if wait < IDLE_POLL or self._stopping.is_set() or not self.health.is_up:
+                return  # the row we waited for is due (or the loop has another thing to do)
+            try:
+                due_in = await self.journal.call(
+                    next_due_in, self.journal.clock(), self.journal.site
+                )
+            except Exception:  # the claim that follows reports a journal that does not answer
+                return
+            if due_in is not None and due_in <= 0:
+                return
 
     async def upload_now(self, call_id: int) -> bool:
         """Upload one call right away (sync mode); True when it is verified in the store.

@@ -7,6 +7,7 @@ Backends (`s3.py`, `local.py`) translate their own failures into the `StorageErr
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -127,6 +128,11 @@ class ObjectStore(Protocol):
 
     async def get(self, key: Key) -> bytes:
         """The whole object (for verification and small reads)."""
+        ...
+
+    def open_stream(self, key: Key) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """The object's bytes in chunks, never whole in memory (the relay forwards pruned
+        calls from here). Raises like `head` on entry; `StorageUnavailable` while reading."""
         ...
 
     def list_objects(

@@ -12,10 +12,11 @@ import hashlib
 import json
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import trio
 
@@ -240,6 +241,26 @@ class FileStore:
 
     async def get(self, key: Key) -> bytes:
         return await self._run(f"get {self.object_key(key)}", self.path_for(key).read_bytes)
+
+    @asynccontextmanager
+    async def open_stream(self, key: Key) -> AsyncGenerator[AsyncIterator[bytes], None]:
+        """The object's file, read in chunks off the event loop."""
+        what = f"get {self.object_key(key)}"
+        path = self.path_for(key)
+
+        def open_file() -> BinaryIO:
+            return path.open("rb")
+
+        f = await self._run(what, open_file)
+
+        async def chunks() -> AsyncGenerator[bytes, None]:
+            while chunk := await self._run(what, partial(f.read, CHUNK_SIZE)):
+                yield chunk
+
+        try:
+            yield chunks()
+        finally:
+            f.close()
 
     async def list_objects(
         self,

@@ -25,11 +25,13 @@ from dataclasses import asdict
 from pathlib import PurePosixPath
 from typing import Any
 
+from prometheus_client import generate_latest
 from quart import Blueprint, Response, g, jsonify, request, send_file
 
 from tr_vault.audio_types import FALLBACK, is_stored_type, stored_type
 from tr_vault.auth import EVERY_SYSTEM, Scope
 from tr_vault.call import CallRow
+from tr_vault.forward.queue import forward_summary
 from tr_vault.intake import fields as f
 from tr_vault.journal import CallFilter
 from tr_vault.storage.base import call_object
@@ -304,6 +306,12 @@ def calls_blueprint(ctx: WebContext) -> Blueprint:
             s["store"] = ctx.health.status.as_dict()
         if ctx.replica is not None:  # likewise for the journal's replica
             s["replica"] = ctx.replica.status.as_dict()
+        # The relay's destinations (counts over every system): for readers of every system.
+        s["forward"] = (
+            await ctx.journal.call(forward_summary, ctx.journal.clock())
+            if scope().systems is None
+            else []
+        )
         return jsonify(s)
 
     @bp.get("/metrics")
@@ -317,6 +325,8 @@ def calls_blueprint(ctx: WebContext) -> Blueprint:
             store=ctx.health.status if ctx.health is not None else None,
             replica=ctx.replica.status if ctx.replica is not None else None,
         )
+        ctx.metrics.set_forward(await ctx.journal.call(forward_summary, ctx.journal.clock()))
+        body = generate_latest(ctx.metrics.registry)
         return Response(body, content_type="text/plain; version=0.0.4; charset=utf-8")
 
     return bp

@@ -12,6 +12,7 @@ from tr_vault.metrics import Metrics
 from tr_vault.replica import Replica
 from tr_vault.services.store_health import StoreHealth
 from tr_vault.storage.base import ObjectStore
+from tr_vault.web.pending import PendingUploads
 
 
 @dataclass
@@ -24,3 +25,5 @@ class WebContext:
     store: ObjectStore | None = None
     health: StoreHealth | None = None
     replica: Replica | None = None  # the journal's replica (TR_VAULT_JOURNAL_REPLICA)
+    # Broadcastify metadata waiting for its audio PUT, by token (web/broadcastify.py)
+    pending_uploads: PendingUploads | None = None

@@ -1,0 +1,1 @@
+"""Store-and-forward: every call relayed to the configured services until each confirms."""
