@@ -14,6 +14,7 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ import pytest
 from tests import browser as chromium
 from tests.conftest import Vault, VaultFactory, s3_settings, wait_until
 from tests.s3_fixtures import MotoS3
+from tests.webhooks import WebhookServer
 from tests.wire import Part, fixture_bytes
 from tr_vault.app import prune_once
 
@@ -312,6 +314,8 @@ async def test_the_page_lists_plays_filters_pages_and_refreshes(
         page.fill("#f-since", since)
         page.fill("#f-until", until)
         page.click("#filters button[type=submit]")
+        # The rows of the window, not the 3 newest still shown from before the submit.
+        _until(page, "(document.getElementById('calls').dataset.query || '').includes('since=')")
         out["window"] = _wait_rows(page, 3)  # Clear keeps the page size of 3
         page.click("#older")
         out["window"] += _wait_rows(page, 1)
@@ -441,3 +445,57 @@ async def test_with_read_keys_the_page_asks_once_and_keeps_the_key_out_of_urls(
     s3 = [(status, source) for u, status, source in out["finished"] if u.startswith(moto_s3.url)]
     assert [status for status, _ in s3] and all(status in (200, 206) for status, _ in s3)
     assert all("token=" in (source or "") for _, source in s3)
+
+
+async def test_the_forwarding_panel_shows_a_destination_that_is_down(
+    make_vault: VaultFactory, browser: chromium.BrowserThread, tmp_path: Path
+) -> None:
+    hook = WebhookServer()
+    hook.status = 503  # the sink is down for the whole test
+    forward = tmp_path / "forward.toml"
+    forward.write_text(f'[[destinations]]\nname = "alerts"\nkind = "webhook"\nurl = "{hook.url}"\n')
+    try:
+        vault = await make_vault(forward_file=str(forward), forward_probe_max=0.5)
+        for n, call in enumerate(CALLS[:2]):
+            response = await vault.post("/api/trunk-recorder-call-upload", _parts(call, n))
+            assert response.status_code == 200, response.text
+
+        def health() -> str | None:
+            conn = vault.db()
+            try:
+                row = conn.execute("SELECT state FROM destination_health").fetchone()
+                return row[0] if row else None
+            finally:
+                conn.close()
+
+        await wait_until(lambda: health() == "down")
+        url = vault.url
+
+        def panel(b: Any) -> dict[str, Any]:
+            context = _context(b)
+            page = context.new_page()
+            seen = Seen()
+            seen.watch(page)
+            page.goto(url + "/")
+            page.wait_for_selector("#forward:not([hidden]) tr[data-name='alerts']")
+            out: dict[str, Any] = page.eval_on_selector(
+                "#forward tr[data-name='alerts']",
+                """r => Object.fromEntries([...r.children].map((c, i) =>
+                    [['name', 'kind', 'state', 'pending', 'done', 'failed', 'skipped', 'lag',
+                      'error'][i], c.textContent]))""",
+            )
+            out["badge"] = page.get_attribute("#forward .state", "class")
+            out["violations"] = seen.violations()
+            _shot(page, "web-page-forward.png")
+            context.close()
+            return out
+
+        out = await browser.run(panel)
+    finally:
+        hook.close()
+    assert out["name"] == "alerts" and out["kind"] == "webhook"
+    assert out["state"] == "down" and "dest-down" in out["badge"]
+    assert (out["pending"], out["done"], out["failed"], out["skipped"]) == ("2", "0", "0", "0")
+    assert out["lag"].endswith((" s", " min"))
+    assert "503" in out["error"]
+    assert out["violations"] == []

@@ -31,6 +31,8 @@ from quart import Blueprint, Response, g, jsonify, request, send_file
 from tr_vault.audio_types import FALLBACK, is_stored_type, stored_type
 from tr_vault.auth import EVERY_SYSTEM, Scope
 from tr_vault.call import CallRow
+from tr_vault.errors import ConfigError
+from tr_vault.forward.config import load_destinations
 from tr_vault.forward.queue import forward_summary
 from tr_vault.intake import fields as f
 from tr_vault.journal import CallFilter
@@ -152,10 +154,19 @@ def _download_name(key: str) -> str:
 # -- the blueprint -------------------------------------------------------------------------
 
 
+def _destination_kinds(path: str) -> dict[str, str]:
+    """Each configured destination's kind, for the summary (the journal has only names)."""
+    try:
+        return {d.name: d.kind for d in load_destinations(path)}
+    except ConfigError:  # start-up has refused the file already; the summary still answers
+        return {}
+
+
 def calls_blueprint(ctx: WebContext) -> Blueprint:
     bp = Blueprint("calls", __name__)
     settings = ctx.settings
     readers = settings.read_access
+    kinds = _destination_kinds(settings.forward_file)
 
     @bp.errorhandler(ReadError)
     async def read_error(exc: ReadError) -> tuple[Response, int]:
@@ -308,7 +319,10 @@ def calls_blueprint(ctx: WebContext) -> Blueprint:
             s["replica"] = ctx.replica.status.as_dict()
         # The relay's destinations (counts over every system): for readers of every system.
         s["forward"] = (
-            await ctx.journal.call(forward_summary, ctx.journal.clock())
+            [
+                {**row, "kind": kinds.get(row["name"])}
+                for row in await ctx.journal.call(forward_summary, ctx.journal.clock())
+            ]
             if scope().systems is None
             else []
         )

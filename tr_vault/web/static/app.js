@@ -236,6 +236,7 @@ function renderSummary(s) {
       : el("span", { class: "muted", text: "none" }),
   );
   $("summary").replaceChildren(el("div", { class: "cards" }, ...cards), last);
+  renderForward(s.forward || []);
 
   const pill = $("store-pill");
   if (s.store) {
@@ -267,6 +268,69 @@ function storeCard(store) {
     .filter(Boolean)
     .join(" · ");
   return card("Store", store.state, detail, css);
+}
+
+// The relay's destinations (README "Forwarding"): hidden when forwarding is off.
+function renderForward(destinations) {
+  const panel = $("forward");
+  if (!destinations.length) {
+    panel.replaceChildren();
+    show(panel, false);
+    return;
+  }
+  const rows = destinations.map((d) => {
+    const n = d.deliveries || {};
+    const state = ["up", "down", "misconfigured"].includes(d.state) ? d.state : "unknown";
+    return el(
+      "tr",
+      { "data-name": d.name },
+      el("td", { class: "name", text: d.name }),
+      el("td", { class: "kind", text: d.kind || "" }),
+      el(
+        "td",
+        {},
+        el("span", {
+          class: `state dest-${state}`,
+          text: d.state || "unknown",
+          title: d.since ? `since ${localTime(d.since)}` : null,
+        }),
+      ),
+      ...["pending", "done", "failed", "skipped"].map((k) =>
+        el("td", { class: `num ${k}`, text: String(n[k] || 0) }),
+      ),
+      el("td", { class: "num lag", text: n.pending ? lag(d.lag_seconds) : "—" }),
+      el("td", { class: "last-error error-text", text: d.last_error || "" }),
+    );
+  });
+  const head = ["Destination", "Kind", "State", "Pending", "Done", "Failed", "Skipped", "Lag"];
+  panel.replaceChildren(
+    el("h2", { text: "Forwarding" }),
+    el(
+      "table",
+      { class: "forward" },
+      el(
+        "thead",
+        {},
+        el(
+          "tr",
+          {},
+          ...head.map((h, i) => el("th", { class: i >= 3 ? "num" : null, text: h })),
+          el("th", { text: "Last error" }),
+        ),
+      ),
+      el("tbody", {}, ...rows),
+    ),
+  );
+  show(panel, true);
+}
+
+// A lag in seconds as a person says it: "40 s", "3 min", "5 h", "2 days".
+function lag(seconds) {
+  const s = Math.max(0, Math.round(seconds || 0));
+  if (s < 90) return `${s} s`;
+  if (s < 5400) return `${Math.round(s / 60)} min`;
+  if (s < 129600) return `${Math.round(s / 3600)} h`;
+  return `${Math.round(s / 86400)} days`;
 }
 
 async function loadSummary() {
@@ -331,11 +395,17 @@ function callRow(call) {
   );
 }
 
+let listLoads = 0; // the latest loadList() call: an older answer arriving late is dropped
+
 async function loadList() {
-  const body = await api(`/api/calls?${listQuery()}`);
+  const query = listQuery();
+  const load = ++listLoads;
+  const body = await api(`/api/calls?${query}`);
+  if (load !== listLoads) return; // a refresh with the old filter must not overwrite a new one
   list.next = body.next_cursor;
   const rows = body.calls.map(callRow);
   $("calls").tBodies[0].replaceChildren(...rows);
+  $("calls").dataset.query = query; // what the rows show (tests wait on it)
   show($("empty"), rows.length === 0);
   show($("list-error"), false);
   for (const call of body.calls) {
