@@ -18,9 +18,10 @@ due delivery succeeds, the destination works and this call is charged an attempt
 backoff (`failed` after `max_attempts`). Otherwise the destination is `down`: its workers stop,
 the claim is given back with its attempts as they were, and one probe at a time re-sends the
 oldest due delivery with capped exponential backoff, so the order holds through the outage.
-(A call that alone always fails while nothing else is due looks like an outage too: it waits,
-uncharged, until `give_up_after` or an operator.) Deliveries pending longer than
-`give_up_after` end `skipped`.
+Every second failed probe in a row is followed by one with the next due delivery, so a call
+that alone always fails cannot hold up the others. (While nothing else is due, such a call
+looks like an outage: it waits, uncharged, until `give_up_after` or an operator.)
+Deliveries pending longer than `give_up_after` end `skipped`.
 """
 
 from __future__ import annotations
@@ -135,6 +136,7 @@ class DestinationRelay:
         self._wakeup = trio.Event()
         self._probe_lock = trio.Lock()
         self._last_success = -1.0  # trio time of the last answer that showed the destination works
+        self._failed_probes = 0  # in a row, while down
 
     @property
     def lease(self) -> float:
@@ -313,8 +315,10 @@ class DestinationRelay:
                 exclude=[job.id],
             )  # fmt: skip
             if claim.job is None:  # nothing else to tell by: did it work a moment ago?
+                # Only for a call already charged (it failed before while others went
+                # through): a first failure just after a success is how outages begin.
                 recent = trio.current_time() - self._last_success < self.policy.probe_max
-                return self._last_success >= 0 and recent
+                return job.attempts > 0 and self._last_success >= 0 and recent
             outcome = await self._process(claim.job, worker, probe=True)
             return outcome in (Outcome.DELIVERED, Outcome.ALREADY_THERE, Outcome.REJECTED)
 
@@ -428,8 +432,28 @@ class DestinationRelay:
             except JournalError as exc:
                 log.warning("probe of %s: %s", self.destination.name, exc)
                 return
-            if claim.job is not None:  # else nothing is due to probe with: wait for the next
-                await self._process(claim.job, worker, probe=True, retry_in=retry_in)
+            if claim.job is None:  # nothing is due to probe with: wait for the next
+                return
+            outcome = await self._process(claim.job, worker, probe=True, retry_in=retry_in)
+            if outcome is not Outcome.TRANSIENT or self.status.state is not DestinationState.DOWN:
+                self._failed_probes = 0
+                return
+            # Is it the destination, or this call alone? Every other failed probe, another due
+            # delivery decides, else one bad call (alone when it first failed) would hold up
+            # all the others forever; a real outage costs one request more per two probes.
+            self._failed_probes += 1
+            if self._failed_probes % 2:
+                return
+            try:
+                other = await self.journal.call(
+                    claim_delivery, self.destination.name, worker, self.journal.clock(),
+                    self.lease, exclude=[claim.job.id],
+                )  # fmt: skip
+            except JournalError as exc:
+                log.warning("probe of %s: %s", self.destination.name, exc)
+                return
+            if other.job is not None:  # if it works, the bad call is charged by the workers
+                await self._process(other.job, worker, probe=True, retry_in=retry_in)
 
 
 class Relay:
