@@ -34,9 +34,9 @@ def _destinations(settings: Settings) -> list[Destination]:
     try:
         found = load_destinations(settings.forward_file)
     except TrVaultError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.UsageError(str(exc)) from None  # exit 2, as `import --forward`
     if not found:
-        raise click.ClickException("TR_VAULT_FORWARD_FILE is not set or names no destinations")
+        raise click.UsageError("TR_VAULT_FORWARD_FILE is not set or names no destinations")
     return found
 
 
