@@ -427,9 +427,6 @@ def add_event(
     )
 
 
-_event = add_event
-
-
 @contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
@@ -556,7 +553,7 @@ def _insert_call(
         note = json.dumps(
             {"protocol": meta.protocol, "system": meta.system, "audio_name": meta.audio_name}
         )
-        _event(conn, dup["id"], at, "duplicate", note)
+        add_event(conn, dup["id"], at, "duplicate", note)
         return Duplicate(dup["id"], dup["key"])
     if conn.execute("SELECT 1 FROM calls WHERE key = ?", (audio.key,)).fetchone():
         return KeyTaken()  # nothing written: the commit is empty
@@ -594,7 +591,7 @@ def _insert_call(
         ),
     )
     call_id = int(cur.lastrowid or 0)
-    _event(conn, call_id, at, "received", detail)
+    add_event(conn, call_id, at, "received", detail)
     if destinations:
         add_deliveries(conn, call_id, destinations, at)
     return Inserted(call_id)
@@ -672,7 +669,7 @@ def claim_next(
         if row is None:
             return Claim(None, _next_due_in(conn, now, site))
         if row["claimed_by"] is not None:
-            _event(
+            add_event(
                 conn, row["id"], at, "requeued", f"claim of {row['claimed_by']} expired; taken over"
             )
         conn.execute(
@@ -741,9 +738,9 @@ def requeue(
                 ),
             )
             if give_up:
-                _event(conn, call_id, at, "failed", f"{attempts + 1} attempts: {INTERRUPTED}")
+                add_event(conn, call_id, at, "failed", f"{attempts + 1} attempts: {INTERRUPTED}")
             else:
-                _event(conn, call_id, at, "requeued", INTERRUPTED)
+                add_event(conn, call_id, at, "requeued", INTERRUPTED)
         failed = [
             r[0]
             for r in conn.execute(
@@ -756,7 +753,7 @@ def requeue(
                 " WHERE id = ?",
                 (at, call_id),
             )
-            _event(
+            add_event(
                 conn, call_id, at, "requeued", "failed upload retried on schedule, fresh attempts"
             )
     return Requeued(len(stale), len(failed))
@@ -789,7 +786,7 @@ def retry(conn: sqlite3.Connection, now: float, call_ids: Sequence[int] | None) 
                 " claimed_by = NULL, claimed_at = NULL, claim_expires_at = NULL WHERE id = ?",
                 (at, call_id),
             )
-            _event(conn, call_id, at, "requeued", "retry requested by operator")
+            add_event(conn, call_id, at, "requeued", "retry requested by operator")
     return ids
 
 
@@ -820,15 +817,15 @@ def upload_done(
         if not cur.rowcount:
             return False
         for kind, detail in notes:
-            _event(conn, call_id, at, kind, detail)
+            add_event(conn, call_id, at, kind, detail)
         done: dict[str, Any] = {"etag": etag}
         if object_key is not None:
             done.update(bucket=bucket, object_key=object_key)
-        _event(conn, call_id, at, "upload_ok", json.dumps(done))
-        _event(conn, call_id, at, "verified", "size and sha256 match")
+        add_event(conn, call_id, at, "upload_ok", json.dumps(done))
+        add_event(conn, call_id, at, "verified", "size and sha256 match")
         if evict:
             conn.execute("UPDATE calls SET cached = 0, pruned_at = ? WHERE id = ?", (at, call_id))
-            _event(conn, call_id, at, "uncached", "S3-only mode: local copy removed")
+            add_event(conn, call_id, at, "uncached", "S3-only mode: local copy removed")
     return True
 
 
@@ -862,10 +859,10 @@ def upload_failed(
             " claimed_by = NULL, claimed_at = NULL, claim_expires_at = NULL WHERE id = ?",
             (state, attempts, error, due, call_id),
         )
-        _event(conn, call_id, at, "upload_error", error)
+        add_event(conn, call_id, at, "upload_error", error)
         if give_up:
             why = "permanent error" if permanent else f"{attempts} attempts"
-            _event(conn, call_id, at, "failed", f"{why}: {error}")
+            add_event(conn, call_id, at, "failed", f"{why}: {error}")
     return state
 
 
@@ -1013,7 +1010,7 @@ def mark_pruned(conn: sqlite3.Connection, call_id: int, now: float, detail: str)
             (at, call_id),
         )
         if cur.rowcount:
-            _event(conn, call_id, at, "pruned", detail)
+            add_event(conn, call_id, at, "pruned", detail)
     return bool(cur.rowcount)
 
 
@@ -1027,7 +1024,7 @@ def mark_missing(conn: sqlite3.Connection, call_id: int, now: float, detail: str
             (at, detail, call_id),
         )
         if cur.rowcount:
-            _event(conn, call_id, at, "missing_in_s3", detail)
+            add_event(conn, call_id, at, "missing_in_s3", detail)
     return bool(cur.rowcount)
 
 
