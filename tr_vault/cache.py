@@ -26,7 +26,7 @@ import fcntl
 import hashlib
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -279,9 +279,30 @@ class AudioCache:
 
     def _commit_many_sync(self, items: Sequence[tuple[Path, Sequence[str]]]) -> list[str]:
         keys = [self._link_sync(source, candidates) for source, candidates in items]
+        self.sync_directories(keys)
+        return keys
+
+    # -- for a caller's own worker thread (intake's group commit, in the journal's) ---------
+
+    def link_sync(
+        self,
+        source: Path,
+        candidates: Sequence[str],
+        taken: Callable[[str], bool] = lambda key: False,
+    ) -> str:
+        """Link `source` under the first candidate that `taken` does not rule out and no
+        file holds (the file and its mark fsynced before); the directory's fsync is the
+        caller's (`sync_directories`), once for every file of a batch."""
+        return self._link_sync(source, [key for key in candidates if not taken(key)])
+
+    def sync_directories(self, keys: Iterable[str]) -> None:
+        """fsync each directory that got one of `keys`, once: the links are then durable."""
         for directory in dict.fromkeys(self.path(key).parent for key in keys):
             fsync_path(directory)
-        return keys
+
+    def remove_sync(self, key: str) -> None:
+        """`remove` in the caller's thread (a link whose row was not committed)."""
+        self._remove_sync(key, False)
 
     def _link_sync(self, source: Path, candidates: Sequence[str]) -> str:
         """`_commit_sync` but the directory's fsync, which is the caller's."""

@@ -99,6 +99,9 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
     conn.execute("PRAGMA foreign_keys = ON")
+    # Savepoint (statement) journals and sorts in memory: no `etilqs_*` temp files in
+    # /var/tmp, which a sandboxed unit may not write, and no fsync-free disk I/O to wait for.
+    conn.execute("PRAGMA temp_store = MEMORY")
     if not readonly:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
@@ -433,10 +436,11 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # an I/O or full-disk error may have rolled it back already
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
 
 
 _JOB_COLUMNS = (
@@ -548,15 +552,46 @@ def _insert_call(
     destinations: Sequence[str] = (),
 ) -> InsertResult:
     """The body of `insert_call`, inside the caller's transaction."""
-    dup = conn.execute(IDENTITY_LOOKUP, identity(meta, audio.sha256)).fetchone()
+    dup = duplicate_of(conn, meta, audio.sha256, at)
     if dup is not None:
-        note = json.dumps(
-            {"protocol": meta.protocol, "system": meta.system, "audio_name": meta.audio_name}
-        )
-        add_event(conn, dup["id"], at, "duplicate", note)
-        return Duplicate(dup["id"], dup["key"])
-    if conn.execute("SELECT 1 FROM calls WHERE key = ?", (audio.key,)).fetchone():
+        return dup
+    if key_recorded(conn, audio.key):
         return KeyTaken()  # nothing written: the commit is empty
+    return Inserted(add_call(conn, meta, audio, state, at, detail, site, destinations))
+
+
+def duplicate_of(
+    conn: sqlite3.Connection, meta: CallMeta, sha256: str, at: str
+) -> Duplicate | None:
+    """The call the journal holds under this call's identity (see `identity`), given a
+    `duplicate` event; None for a new call. Inside the caller's transaction."""
+    dup = conn.execute(IDENTITY_LOOKUP, identity(meta, sha256)).fetchone()
+    if dup is None:
+        return None
+    note = json.dumps(
+        {"protocol": meta.protocol, "system": meta.system, "audio_name": meta.audio_name}
+    )
+    add_event(conn, dup["id"], at, "duplicate", note)
+    return Duplicate(dup["id"], dup["key"])
+
+
+def key_recorded(conn: sqlite3.Connection, key: str) -> bool:
+    """Whether a row holds `key` (its file may be gone: pruned)."""
+    return conn.execute("SELECT 1 FROM calls WHERE key = ?", (key,)).fetchone() is not None
+
+
+def add_call(
+    conn: sqlite3.Connection,
+    meta: CallMeta,
+    audio: StoredAudio,
+    state: str,
+    at: str,
+    detail: str | None,
+    site: str | None,
+    destinations: Sequence[str] = (),
+) -> int:
+    """Insert a new call's row, its `received` event and its deliveries (inside the caller's
+    transaction, after `duplicate_of` and `key_recorded` said it is new); returns its id."""
     cur = conn.execute(
         "INSERT INTO calls (protocol, system, system_label, talkgroup, talkgroup_label,"
         " talkgroup_tag, talkgroup_group, source, frequency, start_time, stop_time, duration,"
@@ -594,7 +629,7 @@ def _insert_call(
     add_event(conn, call_id, at, "received", detail)
     if destinations:
         add_deliveries(conn, call_id, destinations, at)
-    return Inserted(call_id)
+    return call_id
 
 
 def add_deliveries(

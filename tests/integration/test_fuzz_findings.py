@@ -139,12 +139,12 @@ async def test_a_lone_surrogate_in_a_meta_label_is_stored(
 async def test_a_call_whose_row_fails_leaves_no_file(
     vault: Vault, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tr_vault.journal
+    import tr_vault.intake.store
 
     def broken(*args: object, **kwargs: object) -> object:
         raise ValueError("injected: the row cannot be written")
 
-    monkeypatch.setattr(tr_vault.journal, "insert_call", broken)
+    monkeypatch.setattr(tr_vault.intake.store, "add_call", broken)
     response = await vault.post("/api/call-upload", rdio_trunk_recorder(M4A))
     assert response.status_code != 200
     assert_nothing_stored(vault)

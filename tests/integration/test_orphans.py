@@ -8,13 +8,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import trio
-
 from tests.conftest import VaultFactory
 from tests.loops import open_bench
 from tests.wire import fixture_bytes, rdio_trunk_recorder
 from tr_vault.cache import KEY_XATTR
-from tr_vault.call import StoredAudio
 
 AUDIO = b"\x00\x00\x00\x20ftypM4A " + bytes(range(256)) * 8
 M4A = fixture_bytes("call-9131-1764001234.m4a")
@@ -58,39 +55,15 @@ async def test_a_restart_removes_the_file_of_a_row_never_committed(
 
 
 async def test_a_file_whose_row_is_being_committed_is_not_an_orphan(tmp_path: Path) -> None:
-    # Two recorders send different audio under one name at once. The first has linked its
-    # file but not yet committed its row when the second looks at the name it collides with.
+    # `tr-vault import` links a batch of files before it commits their rows: meanwhile a
+    # recorder sends different audio under one of those names. The upload takes another name
+    # and leaves the import's file alone.
     bench = await open_bench(tmp_path)
-    linked = trio.Event()
-    go_on = trio.Event()
-    commit = bench.cache.commit
-    first_call = True
-
-    async def slow_first_commit(temp: object, candidates: list[str]) -> StoredAudio:
-        nonlocal first_call
-        audio = await commit(temp, candidates)  # type: ignore[arg-type]
-        if first_call:
-            first_call = False
-            linked.set()
-            await go_on.wait()
-        return audio
-
-    bench.cache.commit = slow_first_commit  # type: ignore[method-assign]
-    results = {}
-
-    async def store(name: str, data: bytes) -> None:
-        results[name] = await bench.add_call(data, 1)
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(store, "first", AUDIO)
-        await linked.wait()
-        await store("second", AUDIO + b"other recorder")
-        go_on.set()
-    first, second = results["first"], results["second"]
-    assert first.key == "metro/2025-11-24/9131-1764001235.m4a"
-    assert second.key != first.key
-    assert bench.cache.path(first.key).read_bytes() == AUDIO
-    assert bench.cache.path(second.key).read_bytes() == AUDIO + b"other recorder"
-    assert sorted(r[0] for r in bench.rows("SELECT key FROM calls")) == sorted(
-        [first.key, second.key]
-    )
+    imported = bench.cache.path("metro/2025-11-24/9131-1764001235.m4a")
+    imported.parent.mkdir(parents=True)
+    imported.write_bytes(b"the import's audio, its row not yet committed")
+    uploaded = await bench.add_call(AUDIO, 1)
+    assert uploaded.key != "metro/2025-11-24/9131-1764001235.m4a"
+    assert imported.read_bytes() == b"the import's audio, its row not yet committed"
+    assert bench.cache.path(uploaded.key).read_bytes() == AUDIO
+    assert [r[0] for r in bench.rows("SELECT key FROM calls")] == [uploaded.key]
