@@ -11,7 +11,8 @@ What it does:
    `failed` (some due for their scheduled retry). One `received` event per call, plus the
    `upload_error` / `failed` events of the unfinished rows. The metadata JSON is intake's
    (`prune_pass.row_metadata`).
-2. Copies it to a scratch file (the reconcile pass writes: the cached copy stays as built) and
+2. Copies it to a scratch file (the reconcile pass writes: the cached copy stays as built),
+   applies to the copy the migrations the cached journal lacks (timed, printed), and
    times, on one `tr_vault.journal.connect` connection, the module functions the server's
    journal thread runs (`Journal._run` calls exactly these; the thread hop is not included):
    - `prune_candidates`, age trigger and size trigger, with the arguments `Pruner.run_pass`
@@ -244,6 +245,17 @@ def main() -> None:
     for stale in (work, Path(f"{work}-wal"), Path(f"{work}-shm")):
         stale.unlink(missing_ok=True)
     shutil.copyfile(args.db, work)
+    # A journal cached by an older checkout lacks the newest migrations: apply them to the
+    # scratch copy (timed: what an upgrade costs on this journal), as `Journal.open` would.
+    conn = connect(work)
+    try:
+        t0 = time.perf_counter()
+        applied = migrate(conn)
+        migrate_s = time.perf_counter() - t0
+    finally:
+        conn.close()
+    if applied:
+        print(f"migrated the scratch copy: {applied} in {migrate_s:.1f} s")
 
     policy = PrunePolicy()
     cap = cached_bytes // 2

@@ -922,20 +922,38 @@ def _in_systems(column: str, systems: frozenset[str] | None) -> tuple[str, list[
     return f"{column} IN ({', '.join('?' * len(names))})", list(names)
 
 
+def _has_call_counts(conn: sqlite3.Connection) -> bool:
+    """Whether the journal has `call_counts` (migration 0009)."""
+    found = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'call_counts'"
+    ).fetchone()
+    return found is not None
+
+
 def status_summary(
     conn: sqlite3.Connection, now: float, systems: frozenset[str] | None = None
 ) -> dict[str, Any]:
     """Counts and bytes per state, cached bytes, oldest pending, recent failures, last error.
 
     With `systems`, only calls whose `system` is one of them (and only their events) count.
+    The counts and bytes are read from `call_counts` (migration 0009: kept by triggers on
+    `calls`), not counted: a few rows instead of every row of the journal.
     """
     scope, sp = _in_systems("system", systems)
     event_scope, ep = _in_systems("c.system", systems)
+    # `calls` itself is counted only on a journal the migrations have not reached yet:
+    # `tr-vault status` opens it read-only, so a CLI newer than the server may find one.
+    if _has_call_counts(conn):
+        counts, n, total = "call_counts", "sum(calls)", "sum(bytes)"
+    else:
+        counts, n, total = "calls", "count(*)", "sum(size)"
+    # A state no call is in has no row here (`call_counts` keeps rows that reached 0), and is
+    # added at 0 below, after the others, as when the states were a GROUP BY over `calls`.
     states = {
         row["state"]: {"calls": row["n"], "bytes": row["bytes"]}
         for row in conn.execute(
-            "SELECT state, count(*) AS n, coalesce(sum(size), 0) AS bytes FROM calls"
-            f" WHERE {scope} GROUP BY state",
+            f"SELECT state, {n} AS n, coalesce({total}, 0) AS bytes FROM {counts}"
+            f" WHERE {scope} GROUP BY state HAVING {n} > 0 ORDER BY state",
             sp,
         )
     }
@@ -960,7 +978,8 @@ def status_summary(
             ep,
         ).fetchone()
     cached = conn.execute(
-        f"SELECT count(*), coalesce(sum(size), 0) FROM calls WHERE cached = 1 AND {scope}", sp
+        f"SELECT coalesce({n}, 0), coalesce({total}, 0) FROM {counts} WHERE cached = 1 AND {scope}",
+        sp,
     ).fetchone()
     hour_ago = to_db(now - 3600)
     recent = {
@@ -1004,9 +1023,11 @@ def prune_candidates(
     until it is down to `low_water * max_bytes`. Never a pending or failed row.
     """
     cached_bytes = None
-    if max_bytes > 0:  # the sum reads the covering index calls_prunable; skip it when uncapped
-        cached_bytes = int(
-            conn.execute("SELECT coalesce(sum(size), 0) FROM calls WHERE cached = 1").fetchone()[0]
+    if max_bytes > 0:  # skip the sum when uncapped
+        cached_bytes = int(  # call_counts (0009): a few rows, not every cached call's entry
+            conn.execute(
+                "SELECT coalesce(sum(bytes), 0) FROM call_counts WHERE cached = 1"
+            ).fetchone()[0]
         )
     columns = "id, key, size, sha256, uploaded_at, bucket, object_key"
     own, own_args = own_rows(site)
