@@ -125,6 +125,7 @@ def upload_policy(settings: Settings) -> UploadPolicy:
         evict_after_upload=settings.storage_mode is StorageMode.S3_ONLY,
         site=settings.site_name,
         site_in_key=settings.site_in_key,
+        intake_first=settings.upload_intake_first,
     )
 
 
@@ -314,6 +315,7 @@ async def _serve_locked(
             if replica is not None:
                 await replica_nursery.start(replica.run)  # never fatal: a dead child is a state
             health = uploader = pruner = None
+            slots = UploadSlots(settings.max_inflight_uploads, settings.uploads_per_client)
             if store is not None:
                 health = store_health(store, settings, journal, clock)
                 uploader = Uploader(
@@ -324,6 +326,7 @@ async def _serve_locked(
                     health=health,
                     run_id=run_id,
                     metrics=metrics,
+                    intake_idle=slots.wait_idle,
                 )
                 pruner = Pruner(
                     journal,
@@ -353,7 +356,6 @@ async def _serve_locked(
                 replica=replica,
                 pending_uploads=PendingUploads.from_settings(settings),
             )
-            slots = UploadSlots(settings.max_inflight_uploads, settings.uploads_per_client)
             asgi: ASGIApp = CollapseSlashes(
                 AllowedHosts(
                     UploadRoutes(ctx, BroadcastifyRoutes(ctx, create_app(ctx), slots), slots),

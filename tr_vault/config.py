@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     upload_backoff_base: Duration = 2.0
     upload_backoff_max: Duration = 300.0
     upload_timeout: Duration = 60.0
+    # Upload workers start no new upload while calls are being received, waiting at most this
+    # long for a gap each time (services/uploader.py: intake goes first). 0: never wait.
+    upload_intake_first: Duration = 1.0
     reconcile_interval: Duration = 300.0
     store_probe_max: Duration = Field(60.0, gt=0)
     failed_retry_interval: Duration = 21600.0

@@ -13,6 +13,12 @@ after `max_attempts`, or at once when permanent, the row is `failed`. No excepti
 call ends a worker. Intake only wakes the workers; a lost wake-up costs at most `IDLE_POLL`,
 and an idle worker looks at the journal read-only until a row is due (no claim transaction
 per idle wake-up).
+
+Intake goes first. A call in the cache can wait for its upload; a recorder whose upload is
+slow to answer cannot (it times out and sends again, or drops the call). So a worker starts
+no new upload while calls are being received, and waits for a gap in the intake at most
+`intake_first` seconds each time: a burst is received at full speed and drained in its gaps,
+and even under intake that never pauses every worker still starts an upload a second.
 """
 
 from __future__ import annotations
@@ -73,6 +79,7 @@ class UploadPolicy:
     evict_after_upload: bool = False  # S3-only mode: the cache copy goes once verified
     site: str = field(default_factory=host_site)  # the object metadata's `site`
     site_in_key: bool = False  # TR_VAULT_SITE set: keys are audio/{site}/{system}/{date}/{file}
+    intake_first: float = 1.0  # seconds a worker waits for a gap in the intake; 0: never
 
     @property
     def lease(self) -> float:
@@ -171,11 +178,13 @@ class Uploader:
         run_id: str,
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
+        intake_idle: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.journal = journal
         self.cache = cache
         self.store = store
         self.policy = policy
+        self.intake_idle = intake_idle  # returns once no upload is being received
         self.health = health
         self.run_id = run_id
         self.rng = rng or random.Random()
@@ -206,6 +215,7 @@ class Uploader:
                 continue
             wakeup = self._wakeup  # taken before reading, so a wake in between is not missed
             due_in: float | None = IDLE_POLL
+            await self._give_way_to_intake()
             try:
                 claim = await self.journal.claim_next(worker, lease=self.policy.lease)
                 if claim.job is not None:
@@ -217,6 +227,13 @@ class Uploader:
             except Exception:  # a bug must not take intake down with it
                 log.exception("upload worker %s: unexpected error; going on", worker)
             await self._idle(wakeup, due_in)
+
+    async def _give_way_to_intake(self) -> None:
+        """Wait until no call is being received, or `intake_first` seconds (module docstring)."""
+        if self.intake_idle is None or self.policy.intake_first <= 0:
+            return
+        with trio.move_on_after(self.policy.intake_first):
+            await self.intake_idle()
 
     async def _idle(self, wakeup: trio.Event, due_in: float | None) -> None:
         """Wait for a wake-up or for the next row to fall due, before claiming again.

@@ -5,6 +5,9 @@ memory: the upload handler reads no byte of the body before it holds a slot, so 
 stops reading the connection and TCP pushes back on the sender. The per-client cap keeps a
 few dozen trickling connections from one address from holding every slot while recorders
 elsewhere get `503`.
+
+`wait_idle` lets the upload workers give way: they start no new upload while calls are being
+received (for at most `TR_VAULT_UPLOAD_INTAKE_FIRST` seconds each time).
 """
 
 from __future__ import annotations
@@ -32,9 +35,16 @@ class UploadSlots:
     per_client: int
     _all: trio.CapacityLimiter = field(init=False)
     _clients: dict[str, _Client] = field(init=False, default_factory=dict)
+    _idle: trio.Event = field(init=False, default_factory=trio.Event)
 
     def __post_init__(self) -> None:
         self._all = trio.CapacityLimiter(self.total)
+        self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no upload is being received (at once if none is)."""
+        while self.in_use:
+            await self._idle.wait()
 
     @property
     def in_use(self) -> int:
@@ -59,12 +69,16 @@ class UploadSlots:
                 mine = True
                 await self._all.acquire_on_behalf_of(token)
                 everyone = True
+                if self._idle.is_set():
+                    self._idle = trio.Event()
             if not everyone:
                 raise NoSlot
             yield
         finally:
             if everyone:
                 self._all.release_on_behalf_of(token)
+                if not self.in_use:
+                    self._idle.set()
             if mine:
                 entry.limiter.release_on_behalf_of(token)
             entry.users -= 1
