@@ -8,6 +8,7 @@ services, close the journal.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import signal
 from collections.abc import Awaitable, Callable
@@ -66,8 +67,10 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
     host, port = settings.host_port
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.graceful_timeout = settings.shutdown_grace
-    # A per-read timeout: a slow link that keeps sending is fine, a silent one is cut.
-    config.read_timeout = max(1, int(settings.idle_timeout))
+    # A per-read timeout: a slow link that keeps sending is fine, a silent one is cut. The
+    # upload handlers cut theirs at TR_VAULT_IDLE_TIMEOUT with a 408 that says why; this is
+    # the backstop for the other routes, a second later so that the 408 goes out first.
+    config.read_timeout = math.ceil(settings.idle_timeout) + 1
     # A request's body waits in this many chunks (64 KiB each) at most: when the handler does
     # not read (no upload slot yet), hypercorn stops reading the socket.
     config.max_app_queue_size = APP_QUEUE_CHUNKS

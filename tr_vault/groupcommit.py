@@ -63,6 +63,16 @@ class GroupCommit(Generic[Item, Result]):
         self.batches = 0  # how many flushes ran, and how many items they held: for benches
         self.items = 0
 
+    @property
+    def flushing(self) -> bool:
+        """Whether a batch is being flushed (callers arriving now wait for the next)."""
+        return self._busy
+
+    @property
+    def waiting(self) -> int:
+        """Items queued for a batch that has not started yet."""
+        return len(self._queue)
+
     async def submit(self, item: Item) -> Result:
         ticket: _Ticket[Item, Result] = _Ticket(item)
         self._queue.append(ticket)

@@ -52,6 +52,16 @@ def run(
     nursery.start_soon(one)
 
 
+async def queued(bench: Bench, n: int) -> None:
+    """Wait until a group commit is in flight (held by the journal) and `n` uploads wait for
+    the next one (each fsyncs its file in a thread of its own first, so a task blocked on
+    that thread has not reached the queue yet)."""
+    batches = bench.intake.batches
+    with trio.fail_after(10):
+        while not batches.flushing or batches.waiting < n:
+            await trio.sleep(0.001)
+
+
 def received_at(bench: Bench) -> dict[str, str]:
     return {str(k): str(at) for k, at in bench.rows("SELECT key, received_at FROM calls")}
 
@@ -60,9 +70,11 @@ async def test_uploads_that_arrive_together_commit_together(tmp_path: Path) -> N
     bench = await open_bench(tmp_path)
     results: dict[str, object] = {}
     async with journal_held(bench) as nursery:
-        for n in range(6):
+        run(nursery, results, "call 0", lambda: bench.add_call(AUDIO + bytes([0]), 0))
+        await queued(bench, 0)
+        for n in range(1, 6):
             run(nursery, results, f"call {n}", lambda n=n: bench.add_call(AUDIO + bytes([n]), n))
-            await trio.testing.wait_all_tasks_blocked()
+        await queued(bench, 5)
         assert results == {}  # nothing is answered while the journal has not committed
         assert bench.rows("SELECT count(*) FROM calls") == [(0,)]
     assert bench.intake.batches.batches == 2  # the first alone, then the five that queued
@@ -82,9 +94,10 @@ async def test_different_audio_under_one_name_in_one_batch_keeps_both(tmp_path: 
     results: dict[str, object] = {}
     async with journal_held(bench) as nursery:
         run(nursery, results, "first of the day", lambda: bench.add_call(AUDIO + b"x", 9))
-        await trio.testing.wait_all_tasks_blocked()
+        await queued(bench, 0)
         run(nursery, results, "recorder a", lambda: bench.add_call(AUDIO, 1))
         run(nursery, results, "recorder b", lambda: bench.add_call(AUDIO + b"other", 1))
+        await queued(bench, 2)
     a, b = results["recorder a"], results["recorder b"]
     assert isinstance(a, Accepted) and isinstance(b, Accepted)
     assert not a.duplicate and not b.duplicate
@@ -102,9 +115,10 @@ async def test_the_same_call_twice_in_one_batch_is_one_call_and_a_duplicate(
     results: dict[str, object] = {}
     async with journal_held(bench) as nursery:
         run(nursery, results, "other", lambda: bench.add_call(AUDIO + b"x", 9))
-        await trio.testing.wait_all_tasks_blocked()
+        await queued(bench, 0)
         run(nursery, results, "once", lambda: bench.add_call(AUDIO, 1))
         run(nursery, results, "again", lambda: bench.add_call(AUDIO, 1))
+        await queued(bench, 2)
     once, again = sorted((results["once"], results["again"]), key=lambda r: r.duplicate)  # type: ignore[union-attr]
     assert isinstance(once, Accepted) and isinstance(again, Accepted)
     assert not once.duplicate and again.duplicate
@@ -131,9 +145,11 @@ async def test_a_call_that_fails_in_a_batch_fails_alone(
     monkeypatch.setattr(tr_vault.intake.store, "add_call", add_call_but_not_the_second)
     results: dict[str, object] = {}
     async with journal_held(bench) as nursery:
-        for n in range(4):
+        run(nursery, results, "call 0", lambda: bench.add_call(AUDIO + bytes([0]), 0))
+        await queued(bench, 0)
+        for n in range(1, 4):
             run(nursery, results, f"call {n}", lambda n=n: bench.add_call(AUDIO + bytes([n]), n))
-            await trio.testing.wait_all_tasks_blocked()
+        await queued(bench, 3)
     assert bench.intake.batches.batches == 2
     failed = results.pop("call 2")
     assert "journal" in str(failed) and "injected" in str(failed)
@@ -162,8 +178,11 @@ async def test_a_batch_whose_commit_fails_leaves_no_file_and_the_next_one_lands(
     monkeypatch.setattr(bench.cache, "sync_directories", sync_unless_broken)
     results: dict[str, object] = {}
     async with journal_held(bench) as nursery:
-        for n in range(3):
+        run(nursery, results, "call 0", lambda: bench.add_call(AUDIO + bytes([0]), 0))
+        await queued(bench, 0)
+        for n in range(1, 3):
             run(nursery, results, f"call {n}", lambda n=n: bench.add_call(AUDIO + bytes([n]), n))
+        await queued(bench, 2)
     assert all(isinstance(r, OSError) for r in results.values())
     assert bench.rows("SELECT count(*) FROM calls") == [(0,)]
     assert list(bench.cache.root.rglob("*.m4a")) == []

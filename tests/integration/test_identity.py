@@ -320,7 +320,13 @@ def test_migration_0003_keeps_every_row_id_and_event(tmp_path: Path) -> None:
     ]
     assert unique == [["key"]]
     triggers = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='trigger'")}
-    assert triggers == {"events_no_update", "events_no_delete"}
+    assert triggers == {
+        "events_no_update",
+        "events_no_delete",
+        "call_counts_insert",  # 0009
+        "call_counts_delete",
+        "call_counts_update",
+    }
     assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1

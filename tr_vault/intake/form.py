@@ -109,15 +109,18 @@ async def read_form(
         max_segment_count=MAX_PARTS,
     )
     form = UploadForm()
-    reader = _PartReader(form, cache, audio_field, before_audio)
+    last_data = trio.current_time()  # idle is time since the last chunk, whatever ran since
+    temp = await cache.open_temp()  # for the audio part; removed below if none comes
+    reader = _PartReader(form, temp, audio_field, before_audio)
     received = 0
     complete = False
     iterator = aiter(body)
     try:
         while True:
             try:
-                with trio.fail_after(limits.idle_timeout):
+                with trio.fail_at(last_data + limits.idle_timeout):
                     chunk = await anext(iterator)
+                last_data = trio.current_time()
             except StopAsyncIteration:
                 break
             except trio.TooSlowError:
@@ -137,21 +140,23 @@ async def read_form(
             ) from None
         complete = True
     except IntakeError as exc:
-        form.discard()
+        temp.discard()
         exc.close = exc.close or not complete  # the rest of the body was not read
         raise
     except MultipartError as exc:
-        form.discard()
+        temp.discard()
         raise _malformed(exc) from None
     except OSError as exc:
-        form.discard()
+        temp.discard()
         raise IntakeError(
             507, f"The server could not write the audio ({exc.strerror}); try again later\n"
         ) from None
     except BaseException:
-        form.discard()
+        temp.discard()
         raise
-    if form.audio is not None:
+    if form.audio is None:
+        temp.discard()
+    else:
         form.audio.close()
     return form
 
@@ -219,12 +224,12 @@ class _PartReader:
     def __init__(
         self,
         form: UploadForm,
-        cache: AudioCache,
+        temp: TempAudio,
         audio_field: str,
         before_audio: Callable[[UploadForm], None] | None,
     ) -> None:
         self.form = form
-        self.cache = cache
+        self.temp = temp  # the audio part's file, opened ahead
         self.audio_field = audio_field
         self.before_audio = before_audio
         self.field_name: str | None = None
@@ -270,7 +275,7 @@ class _PartReader:
             raise IntakeError(400, f"More than one '{self.audio_field}' file part\n")
         if self.before_audio is not None:
             self.before_audio(self.form)
-        self.form.audio = self.cache.new_temp()
+        self.form.audio = self.temp
         self.form.audio_filename = filename or None
         self.form.audio_content_type = content_type
         self.field_name = None
