@@ -58,6 +58,11 @@ class Sink:
         pass
 
 
+class SinkCache:
+    def new_temp(self) -> Sink:
+        return Sink()
+
+
 def chunks_of(body: bytes, size: int) -> list[bytes]:
     """The body as hypercorn's reads cut it: the first read also carried the head."""
     first = max(1, size - HEAD)
@@ -107,8 +112,8 @@ def vault_path(boundary: bytes, chunks: list[bytes]) -> dict[str, str]:
         max_segment_count=vault_form.MAX_PARTS,
     )
     form = vault_form.UploadForm()
-    temp: Any = Sink()  # read_form opens the temp file ahead, in a thread: not timed here
-    reader = vault_form._PartReader(form, temp, "audio", None)
+    cache: Any = SinkCache()
+    reader = vault_form._PartReader(form, cache, "audio", None)
     for chunk in chunks:
         reader.feed(parser, chunk)
     parser.close()

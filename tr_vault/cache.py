@@ -126,7 +126,6 @@ class TempAudio:
         self._sha256 = hashlib.sha256()
         self._md5 = hashlib.md5(usedforsecurity=False)
         self.size = 0
-        self.synced_as: str | None = None  # fsynced with this key mark (`AudioCache.sync_temp`)
 
     def write(self, data: bytes) -> None:
         self._file.write(data)
@@ -229,12 +228,6 @@ class AudioCache:
     def new_temp(self) -> TempAudio:
         return TempAudio(self.incoming / f"{secrets.token_hex(8)}.part")
 
-    async def open_temp(self) -> TempAudio:
-        """`new_temp` in a worker thread. Creating a file waits on the filesystem's journal
-        while other threads fsync (1.4 ms median under load, docs/benchmarks.md section 7):
-        too long for the event loop, which serves every other upload meanwhile."""
-        return await trio.to_thread.run_sync(self.new_temp)
-
     def path(self, key: str) -> Path:
         parts = key.split("/")
         if any(p in ("", ".", "..") or p.startswith(".") or "\\" in p for p in parts):
@@ -271,20 +264,6 @@ class AudioCache:
             for key, (temp, _) in zip(keys, items, strict=True)
         ]
 
-    async def sync_temp(self, temp: TempAudio, key: str) -> None:
-        """Mark `temp` with the key it will most likely take and fsync it, in a thread of its
-        own: uploads that finish together fsync side by side, beside the commit in flight,
-        and their group commit then only links them (`link_sync`). Should the key be taken by
-        then, the link costs one more mark and fsync."""
-        temp.close()
-        await trio.to_thread.run_sync(self._mark_and_sync, temp.path, key)
-        temp.synced_as = key
-
-    @staticmethod
-    def _mark_and_sync(path: Path, key: str) -> None:
-        _mark(path, key)
-        fsync_path(path)
-
     async def remove(self, key: str, *, prune_dirs: bool = False) -> None:
         """Delete a cached file; with `prune_dirs`, also its date and system directories
         once they are empty."""
@@ -310,15 +289,11 @@ class AudioCache:
         source: Path,
         candidates: Sequence[str],
         taken: Callable[[str], bool] = lambda key: False,
-        *,
-        synced_as: str | None = None,
     ) -> str:
         """Link `source` under the first candidate that `taken` does not rule out and no
-        file holds, the file and its mark fsynced before (already, when it was fsynced
-        marked `synced_as`: `sync_temp`); the directory's fsync is the caller's
-        (`sync_directories`), once for every file of a batch."""
-        keys = [key for key in candidates if not taken(key)]
-        return self._link_sync(source, keys, synced_as=synced_as)
+        file holds (the file and its mark fsynced before); the directory's fsync is the
+        caller's (`sync_directories`), once for every file of a batch."""
+        return self._link_sync(source, [key for key in candidates if not taken(key)])
 
     def sync_directories(self, keys: Iterable[str]) -> None:
         """fsync each directory that got one of `keys`, once: the links are then durable."""
@@ -329,16 +304,12 @@ class AudioCache:
         """`remove` in the caller's thread (a link whose row was not committed)."""
         self._remove_sync(key, False)
 
-    def _link_sync(
-        self, source: Path, candidates: Sequence[str], *, synced_as: str | None = None
-    ) -> str:
+    def _link_sync(self, source: Path, candidates: Sequence[str]) -> str:
         """`_commit_sync` but the directory's fsync, which is the caller's."""
         for key in candidates:
             target = self.path(key)
-            if key != synced_as:
-                _mark(source, key)
-                fsync_path(source)  # the data, and the mark, before any name points at them
-                synced_as = key
+            _mark(source, key)
+            fsync_path(source)  # the data, and the mark, before any name points at them
             try:
                 self._make_dirs(target.parent)
                 os.link(source, target)

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import pytest
 import trio
 
-import tr_vault.cache
-from tr_vault.cache import KEY_XATTR, AudioCache
+from tr_vault.cache import AudioCache
 
 
 async def test_concurrent_removals_in_one_directory_clean_it_up(tmp_path: Path) -> None:
@@ -40,38 +37,3 @@ def test_unsafe_keys_are_refused(tmp_path: Path) -> None:
         except ValueError:
             continue
         raise AssertionError(f"{key!r} was accepted")
-
-
-async def test_a_file_synced_for_a_name_taken_meanwhile_is_marked_again_for_its_new_name(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # An upload fsyncs its file marked with the name it will most likely take; by its group
-    # commit another file holds that name. The mark a restart reads (`recover`) must name the
-    # key the file was linked under, and be fsynced again before that link.
-    cache = AudioCache(tmp_path / "audio")
-    cache.prepare()
-    first, second = "metro/2025-11-24/call.m4a", "metro/2025-11-24/call-abc.m4a"
-    cache.path(first).parent.mkdir(parents=True)
-    cache.path(first).write_bytes(b"another recording")
-    temp = cache.new_temp()
-    temp.write(b"this recording")
-    await cache.sync_temp(temp, first)
-    assert os.getxattr(temp.path, KEY_XATTR) == first.encode()
-    steps: list[str] = []
-    fsync = tr_vault.cache.fsync_path
-    monkeypatch.setattr(tr_vault.cache, "fsync_path", lambda p: (steps.append(str(p)), fsync(p)))
-    key = cache.link_sync(temp.path, [first, second], synced_as=temp.synced_as)
-    assert key == second
-    assert os.getxattr(cache.path(second), KEY_XATTR) == second.encode()
-    assert steps[:1] == [str(temp.path)]  # fsynced again, with its new mark, before the link
-    assert cache.path(first).read_bytes() == b"another recording"
-    assert cache.path(second).read_bytes() == b"this recording"
-    # Its own name free: no fsync at link time, the one of `sync_temp` holds.
-    steps.clear()
-    other = cache.new_temp()
-    other.write(b"a third recording")
-    await cache.sync_temp(other, "metro/2025-11-24/third.m4a")
-    assert steps == [str(other.path)]
-    steps.clear()
-    assert cache.link_sync(other.path, ["metro/2025-11-24/third.m4a"], synced_as=other.synced_as)
-    assert steps == []

@@ -109,9 +109,8 @@ async def read_form(
         max_segment_count=MAX_PARTS,
     )
     form = UploadForm()
+    reader = _PartReader(form, cache, audio_field, before_audio)
     last_data = trio.current_time()  # idle is time since the last chunk, whatever ran since
-    temp = await cache.open_temp()  # for the audio part; removed below if none comes
-    reader = _PartReader(form, temp, audio_field, before_audio)
     received = 0
     complete = False
     iterator = aiter(body)
@@ -140,23 +139,21 @@ async def read_form(
             ) from None
         complete = True
     except IntakeError as exc:
-        temp.discard()
+        form.discard()
         exc.close = exc.close or not complete  # the rest of the body was not read
         raise
     except MultipartError as exc:
-        temp.discard()
+        form.discard()
         raise _malformed(exc) from None
     except OSError as exc:
-        temp.discard()
+        form.discard()
         raise IntakeError(
             507, f"The server could not write the audio ({exc.strerror}); try again later\n"
         ) from None
     except BaseException:
-        temp.discard()
+        form.discard()
         raise
-    if form.audio is None:
-        temp.discard()
-    else:
+    if form.audio is not None:
         form.audio.close()
     return form
 
@@ -224,12 +221,12 @@ class _PartReader:
     def __init__(
         self,
         form: UploadForm,
-        temp: TempAudio,
+        cache: AudioCache,
         audio_field: str,
         before_audio: Callable[[UploadForm], None] | None,
     ) -> None:
         self.form = form
-        self.temp = temp  # the audio part's file, opened ahead
+        self.cache = cache
         self.audio_field = audio_field
         self.before_audio = before_audio
         self.field_name: str | None = None
@@ -275,7 +272,7 @@ class _PartReader:
             raise IntakeError(400, f"More than one '{self.audio_field}' file part\n")
         if self.before_audio is not None:
             self.before_audio(self.form)
-        self.form.audio = self.temp
+        self.form.audio = self.cache.new_temp()
         self.form.audio_filename = filename or None
         self.form.audio_content_type = content_type
         self.field_name = None

@@ -1,12 +1,10 @@
 """From a validated upload to a durable call: cache file committed, then the journal row.
 
 The order is the promise: fsync the file, link it under its key, fsync the directory, commit
-the row; only then may the caller answer 200. Each upload fsyncs its own file, marked with
-the key it will most likely take, in a thread of its own (so uploads that finish together
-fsync side by side). Then they share the rest (`GroupCommit`): one hop to the journal's thread
-links every file of the batch, fsyncs each day directory once and commits every row in one
-transaction, so one WAL fsync; each caller still answers only after the commit that holds its
-own row. The step runs
+the row; only then may the caller answer 200. Uploads that arrive together share these steps
+(`GroupCommit`): one hop to the journal's thread links every file of the batch (each fsynced
+first), fsyncs each day directory once and commits every row in one transaction, so one WAL
+fsync; each caller still answers only after the commit that holds its own row. The step runs
 shielded from cancellation, so a client that hangs up mid-way still leaves a whole call (its
 resend is then a duplicate).
 """
@@ -119,7 +117,7 @@ class Intake:
         forward = wanted_by(self.destinations, meta) if self.destinations else ()
         upload = _Upload(meta, temp, key_candidates(meta, temp.sha256), detail, tuple(forward))
         try:
-            await self.cache.sync_temp(temp, upload.candidates[0])
+            temp.close()
             accepted = await self.batches.submit(upload)
         finally:
             temp.discard()  # committed or refused: the temp name has done its job
@@ -190,12 +188,7 @@ def _commit_one(
         if dup is not None:
             conn.execute("RELEASE upload")
             return Accepted(dup.call_id, dup.key, duplicate=True)
-        key = cache.link_sync(
-            temp.path,
-            upload.candidates,
-            taken=lambda k: key_recorded(conn, k),
-            synced_as=temp.synced_as,
-        )
+        key = cache.link_sync(temp.path, upload.candidates, taken=lambda k: key_recorded(conn, k))
         audio = StoredAudio(key=key, size=temp.size, sha256=temp.sha256, md5=temp.md5)
         call_id = add_call(
             conn, upload.meta, audio, state, at, upload.detail, site, upload.destinations

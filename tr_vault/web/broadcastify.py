@@ -196,7 +196,7 @@ class BroadcastifyRoutes:
 
     async def _spool(self, receive: ASGIReceiveCallable, declared: int) -> TempAudio:
         """The body into a cache temp file, hashed as it comes, cut when it stalls."""
-        temp = await self.ctx.cache.open_temp()
+        temp = self.ctx.cache.new_temp()
         try:
             async with aclosing(_body(receive)) as body:
                 iterator = aiter(body)
