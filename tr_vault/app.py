@@ -19,6 +19,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
+from tr_vault.allocator import limit_arenas
 from tr_vault.cache import AudioCache
 from tr_vault.config import Settings, StorageMode
 from tr_vault.errors import ConfigError
@@ -498,4 +499,5 @@ async def _stop_on_signal(shutdown: trio.Event) -> None:
 
 
 def run(settings: Settings) -> None:
+    limit_arenas()  # before any thread: RSS that stays flat over months (allocator.py)
     trio.run(partial(serve, settings, handle_signals=True))
