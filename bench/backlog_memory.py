@@ -47,7 +47,6 @@ import os
 import shutil
 import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -61,7 +60,6 @@ from benchlib import (
     FIXTURES,
     MOTO_ACCESS_KEY,
     MOTO_SECRET_KEY,
-    clean_env,
     closed_port,
     cpu_seconds,
     ensure_repo_on_path,
@@ -69,7 +67,8 @@ from benchlib import (
     print_table,
     proc_status_kb,
 )
-from intake import API_KEY, LISTENING, OK_BODY, ROUTE, BadAnswer, Connection
+from intake import API_KEY, OK_BODY, ROUTE, BadAnswer, Connection
+from intake import Server as IntakeServer
 
 ensure_repo_on_path()
 
@@ -86,81 +85,21 @@ FRAMES = 10  # tracemalloc frames per allocation (--tracemalloc)
 
 
 @dataclass
-class Server:
-    """`python -m tr_vault serve` (or the tracemalloc wrapper) in a child process."""
+class Server(IntakeServer):
+    """`python -m tr_vault serve` (or the diagnostic wrapper) in a child process."""
 
-    data_dir: Path
-    env: dict[str, str]
     tracemalloc_dir: Path | None = None
     native_file: Path | None = None
-    start_timeout: float = 60.0
-    proc: subprocess.Popen[bytes] | None = None
-    port: int = 0
 
-    @property
-    def log_path(self) -> Path:
-        return self.data_dir.parent / "server.log"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def start(self) -> None:
-        env = clean_env(
-            TR_VAULT_DATA_DIR=str(self.data_dir),
-            TR_VAULT_LISTEN="127.0.0.1:0",
-            TR_VAULT_API_KEYS=API_KEY,
-            TR_VAULT_SHUTDOWN_GRACE="5s",
-        )
-        env.update(self.env)
-        command = [sys.executable, "-m", "tr_vault", "serve"]
-        if self.tracemalloc_dir is not None or self.native_file is not None:
-            command = [sys.executable, str(Path(__file__).resolve()), "wrapped-serve"]
-            if self.tracemalloc_dir is not None:
-                command += ["--tracemalloc", str(self.tracemalloc_dir)]
-            if self.native_file is not None:
-                command += ["--native", str(self.native_file)]
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                command,
-                cwd=self.data_dir.parent,  # no stray .env is read
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            found = LISTENING.search(self.log_path.read_text(errors="replace"))
-            if found:
-                self.port = int(found.group(2))
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        tail = self.log_tail()
-        self.stop()
-        raise RuntimeError(f"tr_vault did not start:\n{tail}")
-
-    def stop(self) -> None:
-        """SIGTERM to our child (by its pid), then SIGKILL if it does not go within 30 s."""
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+    def command(self) -> list[str]:
+        if self.tracemalloc_dir is None and self.native_file is None:
+            return super().command()
+        command = [sys.executable, str(Path(__file__).resolve()), "wrapped-serve"]
+        if self.tracemalloc_dir is not None:
+            command += ["--tracemalloc", str(self.tracemalloc_dir)]
+        if self.native_file is not None:
+            command += ["--native", str(self.native_file)]
+        return command
 
 
 class _MallInfo2(ctypes.Structure):

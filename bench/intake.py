@@ -227,7 +227,7 @@ class Server:
         env.update(self.env)  # the mode's settings and --server-env win
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tr_vault", "serve"],
+                self.command(),
                 cwd=self.data_dir.parent,  # no stray .env is read
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -243,10 +243,15 @@ class Server:
             if self.proc.poll() is not None:
                 break
             time.sleep(0.05)
+        tail = self.log_tail()
         self.stop()
-        raise RuntimeError(f"tr_vault did not start:\n{self.log_tail()}")
+        raise RuntimeError(f"tr_vault did not start:\n{tail}")
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "tr_vault", "serve"]
 
     def stop(self) -> None:
+        """SIGTERM to our child (by its pid), then SIGKILL if it does not go within 30 s."""
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
@@ -258,7 +263,10 @@ class Server:
             proc.wait(timeout=10)
 
     def log_tail(self, lines: int = 20) -> str:
-        text = self.log_path.read_text(errors="replace")
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
 
     def log_count(self, needle: str) -> int:

@@ -62,6 +62,17 @@ async def queued(bench: Bench, n: int) -> None:
             await trio.sleep(0.001)
 
 
+async def one_then_a_batch(
+    bench: Bench, nursery: trio.Nursery, results: dict[str, object], calls: int
+) -> None:
+    """Call 0 leads a group commit (held by the journal), calls 1.. queue for the next."""
+    run(nursery, results, "call 0", lambda: bench.add_call(AUDIO + bytes([0]), 0))
+    await queued(bench, 0)
+    for n in range(1, calls):
+        run(nursery, results, f"call {n}", lambda n=n: bench.add_call(AUDIO + bytes([n]), n))
+    await queued(bench, calls - 1)
+
+
 def received_at(bench: Bench) -> dict[str, str]:
     return {str(k): str(at) for k, at in bench.rows("SELECT key, received_at FROM calls")}
 
@@ -70,11 +81,7 @@ async def test_uploads_that_arrive_together_commit_together(tmp_path: Path) -> N
     bench = await open_bench(tmp_path)
     results: dict[str, object] = {}
     async with journal_held(bench) as nursery:
-        run(nursery, results, "call 0", lambda: bench.add_call(AUDIO + bytes([0]), 0))
-        await queued(bench, 0)
-        for n in range(1, 6):
-            run(nursery, results, f"call {n}", lambda n=n: bench.add_call(AUDIO + bytes([n]), n))
-        await queued(bench, 5)
+        await one_then_a_batch(bench, nursery, results, 6)
         assert results == {}  # nothing is answered while the journal has not committed
         assert bench.rows("SELECT count(*) FROM calls") == [(0,)]
     assert bench.intake.batches.batches == 2  # the first alone, then the five that queued
@@ -145,11 +152,7 @@ async def test_a_call_that_fails_in_a_batch_fails_alone(
     monkeypatch.setattr(tr_vault.intake.store, "add_call", add_call_but_not_the_second)
     results: dict[str, object] = {}
     async with journal_held(bench) as nursery:
-        run(nursery, results, "call 0", lambda: bench.add_call(AUDIO + bytes([0]), 0))
-        await queued(bench, 0)
-        for n in range(1, 4):
-            run(nursery, results, f"call {n}", lambda n=n: bench.add_call(AUDIO + bytes([n]), n))
-        await queued(bench, 3)
+        await one_then_a_batch(bench, nursery, results, 4)
     assert bench.intake.batches.batches == 2
     failed = results.pop("call 2")
     assert "journal" in str(failed) and "injected" in str(failed)
@@ -178,11 +181,7 @@ async def test_a_batch_whose_commit_fails_leaves_no_file_and_the_next_one_lands(
     monkeypatch.setattr(bench.cache, "sync_directories", sync_unless_broken)
     results: dict[str, object] = {}
     async with journal_held(bench) as nursery:
-        run(nursery, results, "call 0", lambda: bench.add_call(AUDIO + bytes([0]), 0))
-        await queued(bench, 0)
-        for n in range(1, 3):
-            run(nursery, results, f"call {n}", lambda n=n: bench.add_call(AUDIO + bytes([n]), n))
-        await queued(bench, 2)
+        await one_then_a_batch(bench, nursery, results, 3)
     assert all(isinstance(r, OSError) for r in results.values())
     assert bench.rows("SELECT count(*) FROM calls") == [(0,)]
     assert list(bench.cache.root.rglob("*.m4a")) == []

@@ -27,6 +27,21 @@ def states(bench: Bench) -> list[object]:
     return [r[0] for r in bench.rows("SELECT state FROM calls ORDER BY id")]
 
 
+def uploader(bench: Bench, store: MemoryStore, slots: UploadSlots, intake_first: float) -> Uploader:
+    """Two workers that give way to the intake `slots` count, for at most `intake_first`."""
+    up = Uploader(
+        bench.journal,
+        bench.cache,
+        store,
+        UploadPolicy(workers=2, timeout=10.0, intake_first=intake_first),
+        health=bench.health(store),
+        run_id="r1",
+        intake_idle=slots.wait_idle,
+    )
+    up.rng = random.Random(7)
+    return up
+
+
 async def receiving(slots: UploadSlots, release: trio.Event) -> None:
     """A call being received: it holds an upload slot until `release`."""
     async with slots.hold("192.0.2.7", patience=1):
@@ -38,19 +53,9 @@ async def test_no_upload_starts_while_a_call_is_received_and_all_go_in_the_gap(
 ) -> None:
     bench = await open_bench(tmp_path)
     store = MemoryStore()
-    health = bench.health(store)
     slots = UploadSlots(8, 4)
-    policy = UploadPolicy(workers=2, timeout=10.0, intake_first=30.0)
-    up = Uploader(
-        bench.journal,
-        bench.cache,
-        store,
-        policy,
-        health=health,
-        run_id="r1",
-        intake_idle=slots.wait_idle,
-    )
-    up.rng = random.Random(7)
+    up = uploader(bench, store, slots, intake_first=30.0)
+    health = up.health
     release = trio.Event()
     async with trio.open_nursery() as nursery:
         await nursery.start(health.run)
@@ -77,19 +82,9 @@ async def test_intake_that_never_pauses_still_lets_each_worker_start_an_upload(
 ) -> None:
     bench = await open_bench(tmp_path)
     store = MemoryStore()
-    health = bench.health(store)
     slots = UploadSlots(8, 4)
-    policy = UploadPolicy(workers=2, timeout=10.0, intake_first=2.0)
-    up = Uploader(
-        bench.journal,
-        bench.cache,
-        store,
-        policy,
-        health=health,
-        run_id="r1",
-        intake_idle=slots.wait_idle,
-    )
-    up.rng = random.Random(7)
+    up = uploader(bench, store, slots, intake_first=2.0)
+    health = up.health
     never = trio.Event()
     async with trio.open_nursery() as nursery:
         await nursery.start(health.run)
@@ -106,7 +101,7 @@ async def test_intake_that_never_pauses_still_lets_each_worker_start_an_upload(
         took = trio.current_time() - started
         nursery.cancel_scope.cancel()
     # Two workers, one upload each per `intake_first`: four calls in two rounds, not at once.
-    assert 2 * policy.intake_first <= took < 3 * policy.intake_first + 1
+    assert 2 * up.policy.intake_first <= took < 3 * up.policy.intake_first + 1
 
 
 async def test_with_intake_first_off_workers_do_not_wait(
@@ -114,18 +109,9 @@ async def test_with_intake_first_off_workers_do_not_wait(
 ) -> None:
     bench = await open_bench(tmp_path)
     store = MemoryStore()
-    health = bench.health(store)
     slots = UploadSlots(8, 4)
-    policy = UploadPolicy(workers=2, timeout=10.0, intake_first=0.0)
-    up = Uploader(
-        bench.journal,
-        bench.cache,
-        store,
-        policy,
-        health=health,
-        run_id="r1",
-        intake_idle=slots.wait_idle,
-    )
+    up = uploader(bench, store, slots, intake_first=0.0)
+    health = up.health
     never = trio.Event()
     async with trio.open_nursery() as nursery:
         await nursery.start(health.run)
