@@ -4,6 +4,8 @@ wait for a gap at most `intake_first` seconds each time (virtual time)."""
 from __future__ import annotations
 
 import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -48,6 +50,20 @@ async def receiving(slots: UploadSlots, release: trio.Event) -> None:
         await release.wait()
 
 
+@asynccontextmanager
+async def uploading_while_receiving(
+    up: Uploader, slots: UploadSlots, release: trio.Event
+) -> AsyncIterator[None]:
+    """The workers (and their store's health) running while a call is being received."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(up.health.run)
+        nursery.start_soon(receiving, slots, release)
+        await trio.testing.wait_all_tasks_blocked()
+        await nursery.start(up.run)
+        yield
+        nursery.cancel_scope.cancel()
+
+
 async def test_no_upload_starts_while_a_call_is_received_and_all_go_in_the_gap(
     tmp_path: Path, clock: trio.testing.MockClock
 ) -> None:
@@ -55,13 +71,8 @@ async def test_no_upload_starts_while_a_call_is_received_and_all_go_in_the_gap(
     store = MemoryStore()
     slots = UploadSlots(8, 4)
     up = uploader(bench, store, slots, intake_first=30.0)
-    health = up.health
     release = trio.Event()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(health.run)
-        nursery.start_soon(receiving, slots, release)
-        await trio.testing.wait_all_tasks_blocked()
-        await nursery.start(up.run)
+    async with uploading_while_receiving(up, slots, release):
         for n in range(3):
             await bench.add_call(AUDIO + bytes([n]), n)
         up.wake()
@@ -74,7 +85,6 @@ async def test_no_upload_starts_while_a_call_is_received_and_all_go_in_the_gap(
             while states(bench) != ["done"] * 3:
                 await trio.sleep(0.05)
         assert trio.current_time() - gap < 1.0  # uploaded in the gap, not after the wait
-        nursery.cancel_scope.cancel()
 
 
 async def test_intake_that_never_pauses_still_lets_each_worker_start_an_upload(
@@ -84,13 +94,8 @@ async def test_intake_that_never_pauses_still_lets_each_worker_start_an_upload(
     store = MemoryStore()
     slots = UploadSlots(8, 4)
     up = uploader(bench, store, slots, intake_first=2.0)
-    health = up.health
     never = trio.Event()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(health.run)
-        nursery.start_soon(receiving, slots, never)
-        await trio.testing.wait_all_tasks_blocked()
-        await nursery.start(up.run)
+    async with uploading_while_receiving(up, slots, never):
         for n in range(4):
             await bench.add_call(AUDIO + bytes([n]), n)
         up.wake()
@@ -99,7 +104,6 @@ async def test_intake_that_never_pauses_still_lets_each_worker_start_an_upload(
             while states(bench) != ["done"] * 4:
                 await trio.sleep(0.05)
         took = trio.current_time() - started
-        nursery.cancel_scope.cancel()
     # Two workers, one upload each per `intake_first`: four calls in two rounds, not at once.
     assert 2 * up.policy.intake_first <= took < 3 * up.policy.intake_first + 1
 
@@ -111,13 +115,8 @@ async def test_with_intake_first_off_workers_do_not_wait(
     store = MemoryStore()
     slots = UploadSlots(8, 4)
     up = uploader(bench, store, slots, intake_first=0.0)
-    health = up.health
     never = trio.Event()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(health.run)
-        nursery.start_soon(receiving, slots, never)
-        await trio.testing.wait_all_tasks_blocked()
-        await nursery.start(up.run)
+    async with uploading_while_receiving(up, slots, never):
         await bench.add_call(AUDIO, 1)
         up.wake()
         started = trio.current_time()
@@ -125,4 +124,3 @@ async def test_with_intake_first_off_workers_do_not_wait(
             while states(bench) != ["done"]:
                 await trio.sleep(0.05)
         assert trio.current_time() - started < 1.0
-        nursery.cancel_scope.cancel()
