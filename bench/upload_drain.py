@@ -43,7 +43,7 @@ from tr_vault.app import store_health, upload_policy  # noqa: E402
 from tr_vault.cache import AudioCache  # noqa: E402
 from tr_vault.call import CallMeta, StoredAudio  # noqa: E402
 from tr_vault.config import ConditionalPut, Settings  # noqa: E402
-from tr_vault.journal import Journal  # noqa: E402
+from tr_vault.journal import Journal, NewCall, insert_calls  # noqa: E402
 from tr_vault.services.uploader import Uploader  # noqa: E402
 from tr_vault.storage.s3 import S3Store  # noqa: E402
 
@@ -98,6 +98,7 @@ async def fill(settings: Settings, calls: int, round_no: int) -> list[Path]:
     journal = await Journal.open(settings.db_path)
     cache = AudioCache(settings.audio_dir)
     paths: list[Path] = []
+    rows: list[NewCall] = []  # one transaction for the lot
     try:
         for i in range(calls):
             data = audio(i + round_no * calls)
@@ -122,7 +123,8 @@ async def fill(settings: Settings, calls: int, round_no: int) -> list[Path]:
                 sha256=hashlib.sha256(data).hexdigest(),
                 md5=hashlib.md5(data).hexdigest(),
             )
-            await journal.insert_call(meta, stored, state="pending")
+            rows.append(NewCall(meta, stored, None))
+        await journal.call(insert_calls, rows, "pending", journal.clock())
     finally:
         await journal.close()
     os.sync()

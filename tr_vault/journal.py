@@ -255,38 +255,6 @@ class Journal:
         except sqlite3.Error as exc:
             raise JournalError(f"journal {self.path}: {exc}") from exc
 
-    # -- intake --------------------------------------------------------------------------
-
-    async def insert_call(
-        self,
-        meta: CallMeta,
-        audio: StoredAudio,
-        *,
-        state: str,
-        event_detail: str | None = None,
-        destinations: Sequence[str] = (),
-    ) -> InsertResult:
-        """Record an upload whose audio is durable under `audio.key`, in one transaction.
-
-        Checks for the same call first: the same audio (SHA-256) with the same talkgroup and
-        start time to the second, whatever the protocol or the form of the system's name (see
-        `identity`). A duplicate gets a `duplicate` event on the existing call and no new row.
-        A new call gets a pending delivery for each of `destinations` in the same commit.
-        """
-        now = self.clock()
-        return await self._run(
-            lambda conn: insert_call(
-                conn,
-                meta,
-                audio,
-                state,
-                now,
-                event_detail,
-                site=self.site,
-                destinations=destinations,
-            )
-        )
-
     # -- upload workers ------------------------------------------------------------------
 
     async def claim_next(self, worker: str, *, lease: float, call_id: int | None = None) -> Claim:
@@ -484,7 +452,14 @@ def insert_call(
     site: str | None = None,
     destinations: Sequence[str] = (),
 ) -> InsertResult:
-    """See `Journal.insert_call`: duplicate check, key check and insert in one transaction."""
+    """Record one call whose audio is durable under `audio.key`, in one transaction.
+
+    Checks for the same call first: the same audio (SHA-256) with the same talkgroup and start
+    time to the second, whatever the protocol or the form of the system's name (see
+    `identity`). A duplicate gets a `duplicate` event on the existing call and no new row; a
+    key a row already holds is `KeyTaken`. A new call gets a pending delivery for each of
+    `destinations` in the same commit. (Intake commits in batches: intake/store.py.)
+    """
     with transaction(conn):
         return _insert_call(conn, meta, audio, state, to_db(now), detail, site, destinations)
 
@@ -702,7 +677,7 @@ def claim_next(
                 (call_id, at, *own_args),
             ).fetchone()
         if row is None:
-            return Claim(None, _next_due_in(conn, now, site))
+            return Claim(None, next_due_in(conn, now, site))
         if row["claimed_by"] is not None:
             add_event(
                 conn, row["id"], at, "requeued", f"claim of {row['claimed_by']} expired; taken over"
@@ -716,7 +691,7 @@ def claim_next(
         return Claim(UploadJob(**job), 0.0)
 
 
-def _next_due_in(conn: sqlite3.Connection, now: float, site: str | None) -> float | None:
+def next_due_in(conn: sqlite3.Connection, now: float, site: str | None) -> float | None:
     """Seconds until a pending row falls due or a claim expires; None with nothing pending."""
     own, own_args = own_rows(site)
     due = [

@@ -24,7 +24,7 @@ from tr_vault.call import CallMeta, StoredAudio
 from tr_vault.cli import main
 from tr_vault.config import Settings
 from tr_vault.errors import ConfigError
-from tr_vault.journal import Journal
+from tr_vault.journal import Journal, NewCall, insert_calls
 from tr_vault.lock import hold_data_dir
 from tr_vault.objectmeta import host_site
 from tr_vault.rebuild import RebuildReport, RebuildRequest, Scope, rebuild, rebuild_from_settings
@@ -146,14 +146,13 @@ async def test_a_journal_with_rows_keeps_them_and_gains_only_what_it_lacks(tmp_p
     journal = await Journal.open(tmp_path / "vault.db", site="node-a")
     try:
         same_call = _meta(9131, 1764001234.0, "9131-1764001234_851012500.0-call_1.m4a")
-        await journal.insert_call(
-            same_call, StoredAudio("metro/2025-11-24/first.m4a", len(M4A), sha(M4A), "0" * 32),
-            state="pending",
-        )  # fmt: skip
+        first = StoredAudio("metro/2025-11-24/first.m4a", len(M4A), sha(M4A), "0" * 32)
         other = _meta(7, 1764009999.0, "x.m4a")
-        await journal.insert_call(
-            other, StoredAudio(calls[1][0], 3, "e" * 64, "0" * 32), state="pending"
-        )
+        known = [
+            NewCall(same_call, first, None),
+            NewCall(other, StoredAudio(calls[1][0], 3, "e" * 64, "0" * 32), None),
+        ]
+        await journal.call(insert_calls, known, "pending", journal.clock(), site=journal.site)
         report = await rebuild(journal, store, Scope("node-a"))
     finally:
         await journal.close()

@@ -175,7 +175,7 @@ def _commit_one(
     at: str,
     site: str | None,
     linked: list[str],
-) -> Accepted | BaseException:
+) -> Accepted | Exception:
     """One call of a group commit, under its own savepoint. A duplicate (the same audio,
     talkgroup and second as a journaled call, or as an earlier call of this batch) gets an
     event and never a file; a new call takes the first candidate key no row holds and no

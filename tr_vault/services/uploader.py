@@ -45,8 +45,7 @@ from tr_vault.errors import (
     StorageUnavailable,
     VerificationError,
 )
-from tr_vault.journal import Journal
-from tr_vault.journal import _next_due_in as next_due_in
+from tr_vault.journal import Journal, next_due_in
 from tr_vault.metrics import Metrics
 from tr_vault.objectmeta import START_TIME as META_START_TIME
 from tr_vault.objectmeta import TALKGROUP, call_metadata, host_site
